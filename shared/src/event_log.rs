@@ -1,0 +1,73 @@
+//! Where the event log lives in NATS JetStream and what its messages carry:
+//! the stream, one subject per account, and the header names. Shared by the
+//! log's only writer (write-service) and its reader (projector).
+
+use std::time::Duration;
+
+/// How to reach NATS. Shared by every service that talks to it.
+#[derive(Clone, Debug, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+
+    /// How long to wait for a JetStream answer (publish ack, direct get)
+    /// before reporting the event log unavailable.
+    #[arg(long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// The event log's names in JetStream.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EventLogArgs {
+    /// Name of the JetStream stream that holds the event log.
+    #[arg(long = "event-stream", env = "EVENT_STREAM", default_value = "BANK_EVENTS")]
+    pub stream: String,
+
+    /// First tokens of the event subjects: account `X`'s events go to
+    /// `<prefix>.account.X`.
+    #[arg(long = "event-subject-prefix", env = "EVENT_SUBJECT_PREFIX", default_value = "bank")]
+    pub subject_prefix: String,
+}
+
+impl EventLogArgs {
+    /// The subject of account `account_id`'s events. The id must already be
+    /// validated: it becomes the subject's last token.
+    pub fn account_subject(&self, account_id: &str) -> String {
+        format!("{}.account.{account_id}", self.subject_prefix)
+    }
+
+    /// The wildcard that covers every account's subject: what the stream
+    /// captures and what consumers filter on.
+    pub fn all_accounts_subject(&self) -> String {
+        format!("{}.account.*", self.subject_prefix)
+    }
+}
+
+/// Header names of an event message. The envelope follows the CloudEvents
+/// NATS protocol binding in binary mode: `ce-*` attributes as headers, the
+/// protobuf event as the payload.
+pub mod headers {
+    /// CloudEvents spec version; always [`SPEC_VERSION`].
+    pub const SPEC_VERSION_HEADER: &str = "ce-specversion";
+    /// The CloudEvents version this envelope follows.
+    pub const SPEC_VERSION: &str = "1.0";
+    /// Unique id of the event (a UUID).
+    pub const ID: &str = "ce-id";
+    /// Who produced the event (the producing service's name).
+    pub const SOURCE: &str = "ce-source";
+    /// The event's type: the protobuf message's full name.
+    pub const TYPE: &str = "ce-type";
+    /// When the event was produced, RFC 3339 in UTC.
+    pub const TIME: &str = "ce-time";
+    /// The account the event belongs to.
+    pub const SUBJECT: &str = "ce-subject";
+    /// The account's version after this event, in decimal.
+    pub const AGGREGATE_VERSION: &str = "ce-aggregateversion";
+    /// The idempotency key of the command that produced the event, if any.
+    pub const COMMAND_ID: &str = "ce-commandid";
+    /// Media type of the payload; always [`CONTENT_TYPE_PROTOBUF`].
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// The payload's media type.
+    pub const CONTENT_TYPE_PROTOBUF: &str = "application/protobuf";
+}

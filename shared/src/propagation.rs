@@ -1,0 +1,92 @@
+//! W3C trace-context and baggage propagation in and out of gRPC metadata
+//! (HTTP/2 headers) and NATS message headers.
+//!
+//! The propagator is fixed to W3C TraceContext + Baggage rather than taken
+//! from the global one: it is part of the event log's contract (the
+//! projector reads what the write side wrote), so it must not depend on
+//! whether or how telemetry was initialised.
+
+use std::sync::LazyLock;
+
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
+};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
+    TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())])
+});
+
+/// The context a gRPC (HTTP) request carries; a missing or malformed
+/// `traceparent` yields an empty context, so the server starts a new trace.
+pub fn extract_from_http(headers: &http::HeaderMap) -> Context {
+    PROPAGATOR.extract(&opentelemetry_http::HeaderExtractor(headers))
+}
+
+/// Writes `cx` into NATS message headers (`traceparent`, `tracestate`, `baggage`).
+pub fn inject_into_nats(cx: &Context, headers: &mut async_nats::HeaderMap) {
+    PROPAGATOR.inject_context(cx, &mut NatsHeaderInjector(headers));
+}
+
+/// The context a NATS message carries (see [`extract_from_http`]).
+pub fn extract_from_nats(headers: &async_nats::HeaderMap) -> Context {
+    PROPAGATOR.extract(&NatsHeaderExtractor(headers))
+}
+
+struct NatsHeaderInjector<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsHeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct NatsHeaderExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for NatsHeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+
+    use super::*;
+
+    #[test]
+    fn a_context_survives_a_round_trip_through_nats_headers() {
+        let span_context = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let cx = Context::new().with_remote_span_context(span_context.clone());
+        let mut headers = async_nats::HeaderMap::new();
+        inject_into_nats(&cx, &mut headers);
+
+        assert_eq!(
+            headers.get("traceparent").map(|v| v.as_str()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        let extracted = extract_from_nats(&headers);
+        assert_eq!(extracted.span().span_context().trace_id(), span_context.trace_id());
+        assert_eq!(extracted.span().span_context().span_id(), span_context.span_id());
+    }
+
+    #[test]
+    fn a_malformed_traceparent_yields_no_parent() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", http::HeaderValue::from_static("00-zzzz-not-a-trace"));
+        let cx = extract_from_http(&headers);
+        assert!(!cx.span().span_context().is_valid());
+    }
+}

@@ -1,0 +1,114 @@
+//! Telemetry bootstrap: one call installs logs (`tracing`), traces and
+//! metrics (OpenTelemetry over OTLP/gRPC) and returns a guard that flushes
+//! them on drop.
+//!
+//! Configuration is the OpenTelemetry SDK's own environment variables
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_BSP_*`, `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, ...), plus `OTEL_SDK_DISABLED=true` to switch
+//! traces and metrics off. Logs are filtered with `RUST_LOG`.
+
+use std::time::Duration;
+
+use opentelemetry::{KeyValue, global};
+use opentelemetry_otlp::{RetryPolicy, WithTonicConfig};
+use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
+use opentelemetry_semantic_conventions::resource::{SERVICE_INSTANCE_ID, SERVICE_VERSION};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Why telemetry could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// An OTLP exporter could not be built from the `OTEL_*` settings.
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// `RUST_LOG` is malformed, or a global subscriber was already set.
+    #[error("cannot install the log subscriber: {0}")]
+    Logs(String),
+}
+
+/// Keeps the trace and metric pipelines alive; flushes them when dropped.
+#[must_use = "telemetry is flushed and shut down when the guard is dropped"]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+/// Installs logging, tracing and metrics for the binary `service_name`
+/// (the default `service.name` unless `OTEL_SERVICE_NAME` says otherwise).
+pub fn init(service_name: &'static str, service_version: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+    init_logs()?;
+    if sdk_disabled() {
+        // Nothing is exported, but spans still get ids: the event log's
+        // contract is that every event carries a `traceparent`.
+        tracing::info!("OTEL_SDK_DISABLED=true: traces and metrics are not exported");
+        let tracer_provider = SdkTracerProvider::builder().build();
+        global::set_tracer_provider(tracer_provider.clone());
+        return Ok(TelemetryGuard { tracer_provider: Some(tracer_provider), meter_provider: None });
+    }
+    let resource = resource(service_name, service_version);
+
+    // Bounded retries: with no collector running, shutdown must stay quick.
+    let retries = RetryPolicy::recommended().with_max_retries(1);
+    let span_exporter =
+        opentelemetry_otlp::SpanExporter::builder().with_tonic().with_retry_policy(retries.clone()).build()?;
+    let tracer_provider =
+        SdkTracerProvider::builder().with_batch_exporter(span_exporter).with_resource(resource.clone()).build();
+    global::set_tracer_provider(tracer_provider.clone());
+
+    let metric_exporter =
+        opentelemetry_otlp::MetricExporter::builder().with_tonic().with_retry_policy(retries).build()?;
+    let meter_provider =
+        SdkMeterProvider::builder().with_periodic_exporter(metric_exporter).with_resource(resource).build();
+    global::set_meter_provider(meter_provider.clone());
+
+    Ok(TelemetryGuard { tracer_provider: Some(tracer_provider), meter_provider: Some(meter_provider) })
+}
+
+/// Installs only the log subscriber (`RUST_LOG`); `init` calls it too.
+pub fn init_logs() -> Result<(), TelemetryError> {
+    // The exporters' own transport must not log (or trace) itself at info.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| {
+            EnvFilter::try_new("info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,opentelemetry=warn")
+        })
+        .map_err(|e| TelemetryError::Logs(e.to_string()))?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .try_init()
+        .map_err(|e| TelemetryError::Logs(e.to_string()))
+}
+
+fn sdk_disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+fn resource(service_name: &'static str, service_version: &'static str) -> Resource {
+    // Resource::builder() already reads OTEL_SERVICE_NAME and
+    // OTEL_RESOURCE_ATTRIBUTES; the binary's name is only the fallback.
+    let mut builder = Resource::builder().with_attributes([
+        KeyValue::new(SERVICE_VERSION, service_version),
+        KeyValue::new(SERVICE_INSTANCE_ID, uuid::Uuid::new_v4().to_string()),
+    ]);
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        builder = builder.with_service_name(service_name);
+    }
+    builder.build()
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        // Spans first: metric exports may describe the same requests.
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("flushing traces on exit failed: {error}");
+        }
+        if let Some(provider) = self.meter_provider.take()
+            && let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("flushing metrics on exit failed: {error}");
+        }
+    }
+}

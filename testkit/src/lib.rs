@@ -1,0 +1,116 @@
+//! Test support: a private `nats-server` with JetStream per test, on a free
+//! port with its own store, that a test can kill (SIGKILL) and restart on
+//! the same port and store; and helpers to wait for effects with a deadline
+//! instead of sleeping.
+//!
+//! The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`, else
+//! Debian's `/usr/sbin/nats-server`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: fail loudly
+
+use std::{
+    future::Future,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::process::{Child, Command};
+
+/// A nats-server process owned by a test; killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a JetStream-enabled server on a free port and waits until it
+    /// accepts connections.
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts a server on `port` (e.g. one a service was already told to use).
+    pub async fn start_on(port: u16) -> Self {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let mut server = Self { child: None, port, store };
+        server.spawn().await;
+        server
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server with SIGKILL (no clean shutdown) and waits for it.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill nats-server");
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(binary())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e} (install nats-server)", binary().display()));
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        eventually(Duration::from_secs(10), "nats-server to accept connections", || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+    }
+}
+
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return path.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file());
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after
+/// `within`. For effects that have no event to wait on.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

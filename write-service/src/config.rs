@@ -1,0 +1,58 @@
+//! write-service's settings: flags with environment fallbacks, documented
+//! here so that `write-service --help` is the reference. Defaults run
+//! locally next to a NATS server on 127.0.0.1:4222. `OTEL_*` variables are
+//! read by the OpenTelemetry SDK, not here.
+
+use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+
+use clap::Parser;
+use shared::event_log::{EventLogArgs, NatsArgs};
+
+/// The write side of the bank: decides account commands and appends their
+/// events to the JetStream event log.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "write-service", version, about)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub event_log: EventLogArgs,
+
+    /// Replicas of the event stream when this service creates it: 1 for a
+    /// single server, 3 for a 3-node JetStream cluster. An existing stream
+    /// is left as it is.
+    #[arg(long, env = "EVENT_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+
+    /// How long JetStream remembers a command's id (`Nats-Msg-Id`) to drop a
+    /// duplicate append, when this service creates the stream. Retries of
+    /// an account's recent commands are recognised beyond it too.
+    #[arg(long, env = "EVENT_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub duplicate_window: Duration,
+
+    /// How many accounts' state to keep in memory. Others are rebuilt from
+    /// the event log when a command needs them.
+    #[arg(long, env = "ACCOUNT_CACHE_CAPACITY", default_value = "100000")]
+    pub account_cache_capacity: NonZeroUsize,
+
+    /// How many recent command outcomes to keep in memory to answer retries
+    /// (same `command_id`) without touching the event log.
+    #[arg(long, env = "REPLY_CACHE_CAPACITY", default_value = "100000")]
+    pub reply_cache_capacity: NonZeroUsize,
+
+    /// Largest request message accepted, in bytes; larger ones fail with
+    /// OUT_OF_RANGE ("message length too large") before any work is done.
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// On SIGTERM, how long in-flight requests may take to finish before the
+    /// server stops anyway. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}

@@ -1,0 +1,29 @@
+//! write-service's entry point: telemetry, config, build, run until SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use write_service::{config::Config, startup::Application};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    let _telemetry = match shared::telemetry::init("write-service", env!("CARGO_PKG_VERSION")) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("write-service: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match Application::build(config).await {
+        Ok(app) => app.run_until_stopped(shared::shutdown::signal()).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "write-service failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Wiring: binds the listener, connects to the event log in the background,
+//! and serves gRPC (commands, health, reflection) until shutdown.
+//!
+//! Health is NOT_SERVING (for `""` and for `bank.v1.AccountCommandService`)
+//! until NATS is connected and the stream exists, again whenever the NATS
+//! connection drops, and from the moment shutdown starts.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use async_nats::Event;
+use shared::{grpc_telemetry::GrpcServerTelemetryLayer, proto::FILE_DESCRIPTOR_SET};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    app::Accounts,
+    config::Config,
+    event_log::{EventLog, StreamSettings},
+    grpc::CommandService,
+};
+
+/// The name health checks use for this service.
+pub const SERVICE_NAME: &str = "bank.v1.AccountCommandService";
+
+/// Why the service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A bound, not yet running write-service.
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.listen_addr, source })?;
+        Ok(Self { listener, config })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address.
+        self.listener.local_addr().unwrap_or(self.config.listen_addr)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests
+    /// (at most `shutdown_grace`).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self { listener, config } = self;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::NotServing).await;
+
+        let accounts = Arc::new(Accounts::new(config.account_cache_capacity, config.reply_cache_capacity));
+        let connector = tokio::spawn(connect_event_log(config.clone(), Arc::downgrade(&accounts), reporter.clone()));
+
+        // v1 for current clients, v1alpha for older ones (grpcurl < 1.9).
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let commands =
+            CommandService::server(Arc::clone(&accounts)).max_decoding_message_size(config.max_request_bytes);
+
+        let (draining_tx, draining_rx) = oneshot::channel();
+        let signal = {
+            let reporter = reporter.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("draining in-flight requests");
+                set_health(&reporter, ServingStatus::NotServing).await;
+                let _ = draining_tx.send(());
+            }
+        };
+        tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "write-service listening");
+        let server = Server::builder()
+            .layer(GrpcServerTelemetryLayer::new("write"))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(commands)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+
+        let grace = config.shutdown_grace;
+        let deadline = async move {
+            if draining_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = server => result.map_err(StartupError::from),
+            () = deadline => {
+                tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace; stopping anyway");
+                Ok(())
+            }
+        };
+        connector.abort();
+        tracing::info!("write-service stopped");
+        result
+    }
+}
+
+/// Connects to NATS and opens the event log, retrying until it works, then
+/// reports SERVING. Holds `accounts` weakly so that a stopped service is not
+/// kept alive by its NATS client's callbacks.
+async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: HealthReporter) {
+    let callback_accounts = accounts.clone();
+    let callback_reporter = reporter.clone();
+    let options = async_nats::ConnectOptions::new()
+        .name("write-service")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let accounts = callback_accounts.clone();
+            let reporter = callback_reporter.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        tracing::info!("NATS connected");
+                        if accounts.upgrade().is_some_and(|accounts| accounts.log().is_some()) {
+                            set_health(&reporter, ServingStatus::Serving).await;
+                        }
+                    }
+                    Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; commands fail with UNAVAILABLE until it is back");
+                        set_health(&reporter, ServingStatus::NotServing).await;
+                    }
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            }
+        });
+    let client = match options.connect(config.nats.url.as_str()).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, url = %config.nats.url, "cannot use the NATS URL; staying NOT_SERVING");
+            return;
+        }
+    };
+    let settings =
+        StreamSettings { replicas: usize::from(config.stream_replicas), duplicate_window: config.duplicate_window };
+    let mut backoff = Duration::from_millis(200);
+    let log = loop {
+        match EventLog::open(client.clone(), config.event_log.clone(), &settings, config.nats.request_timeout).await {
+            Ok(log) => break log,
+            Err(error) => {
+                tracing::warn!(%error, stream = %config.event_log.stream, retry_in = ?backoff, "cannot open the event log yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let Some(accounts) = accounts.upgrade() else { return };
+    let connected = log.is_connected();
+    accounts.attach(log);
+    tracing::info!(stream = %config.event_log.stream, "event log ready");
+    if connected {
+        set_health(&reporter, ServingStatus::Serving).await;
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}

@@ -1,0 +1,93 @@
+//! Faults: NATS missing or killed, write-service killed with SIGKILL or
+//! stopped with SIGTERM mid-burst.
+
+use futures::stream::FuturesUnordered;
+use shared::proto::bank::v1 as pb;
+use testkit::{NatsServer, free_port};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn not_serving_until_nats_is_up_then_serving() {
+    let port = free_port();
+    let app = TestApp::spawn_with(config(&format!("nats://127.0.0.1:{port}"), &[])).await;
+    app.wait_for_health(ServingStatus::NotServing).await;
+    assert_status(app.client.clone().open_account(open("early")).await, Code::Unavailable, "retry");
+
+    let nats = NatsServer::start_on(port).await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    assert_eq!(app.client.clone().open_account(open("early")).await.unwrap().into_inner().version, 1);
+    assert_eq!(count_events(&nats.url(), "early").await, 1);
+}
+
+#[tokio::test]
+async fn losing_nats_means_unavailable_and_not_serving_until_it_is_back() {
+    let mut nats = NatsServer::start().await;
+    let app = TestApp::spawn(&nats.url()).await;
+    let mut client = app.client.clone();
+    client.open_account(open("acc")).await.unwrap();
+    client.deposit_funds(deposit("acc", 100)).await.unwrap();
+
+    nats.kill().await;
+    app.wait_for_health(ServingStatus::NotServing).await;
+    let retried = pb::DepositFundsRequest { command_id: "during-outage".into(), ..deposit("acc", 5) };
+    assert_status(client.deposit_funds(retried.clone()).await, Code::Unavailable, "same command_id");
+
+    nats.restart().await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    // The retry of the failed command succeeds once; the state survived.
+    let reply = client.deposit_funds(retried.clone()).await.unwrap().into_inner();
+    assert_eq!(reply.version, 3);
+    assert_eq!(client.deposit_funds(retried).await.unwrap().into_inner(), reply);
+    let next = pb::WithdrawFundsRequest { expected_version: Some(3), ..withdraw("acc", 105) };
+    assert_eq!(client.withdraw_funds(next).await.unwrap().into_inner().version, 4);
+    assert_eq!(count_events(&nats.url(), "acc").await, 4);
+}
+
+#[tokio::test]
+async fn a_write_service_killed_with_sigkill_decides_from_the_log_after_restart() {
+    let nats = NatsServer::start().await;
+    let mut service = ServiceProcess::spawn(&nats.url()).await;
+    service.client.open_account(open("acc")).await.unwrap();
+    let deposit_once = pb::DepositFundsRequest { command_id: "before-crash".into(), ..deposit("acc", 100) };
+    let deposited = service.client.deposit_funds(deposit_once.clone()).await.unwrap().into_inner();
+    service.client.withdraw_funds(withdraw("acc", 30)).await.unwrap();
+    service.child.kill().await.unwrap();
+
+    let mut service = ServiceProcess::spawn(&nats.url()).await;
+    assert_status(service.client.withdraw_funds(withdraw("acc", 71)).await, Code::FailedPrecondition, "balance of 70");
+    assert_status(service.client.open_account(open("acc")).await, Code::AlreadyExists, "already exists");
+    assert_eq!(service.client.deposit_funds(deposit_once).await.unwrap().into_inner(), deposited);
+    let next = pb::DepositFundsRequest { expected_version: Some(3), ..deposit("acc", 1) };
+    assert_eq!(service.client.deposit_funds(next).await.unwrap().into_inner().version, 4);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_commands_so_no_ok_is_lost_and_no_error_landed() {
+    let nats = NatsServer::start().await;
+    let mut service = ServiceProcess::spawn(&nats.url()).await;
+    service.client.open_account(open("acc")).await.unwrap();
+
+    let calls: FuturesUnordered<_> = (0..60)
+        .map(|i| {
+            let mut client = service.client.clone();
+            let request = pb::DepositFundsRequest { command_id: format!("burst-{i}"), ..deposit("acc", 1) };
+            async move { client.deposit_funds(request).await.map(|reply| reply.into_inner()) }
+        })
+        .collect();
+    let pid = service.child.id().expect("running").to_string();
+    let burst = tokio::spawn(collect(calls));
+    tokio::task::yield_now().await;
+    let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    let (ok, errors) = burst.await.unwrap();
+    let exit = service.child.wait().await.unwrap();
+    assert!(exit.success(), "write-service exited with {exit:?}");
+
+    // Every OK is in the log, and nothing that failed is.
+    assert_eq!(count_events(&nats.url(), "acc").await, 1 + ok.len(), "ok: {}, errors: {errors:?}", ok.len());
+    let in_log: Vec<u64> = events(&nats.url()).await.iter().map(|m| m.sequence).collect();
+    assert!(ok.iter().all(|reply| in_log.contains(&reply.position)));
+}
