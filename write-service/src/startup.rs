@@ -13,8 +13,11 @@ use std::{
 };
 
 use async_nats::Event;
-use shared::{grpc_telemetry::GrpcServerTelemetryLayer, proto::FILE_DESCRIPTOR_SET};
-use tokio::{net::TcpListener, sync::oneshot};
+use shared::{
+    grpc_server::{self, Drain},
+    grpc_telemetry::GrpcServerTelemetryLayer,
+};
+use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -76,28 +79,11 @@ impl Application {
         let accounts = Arc::new(Accounts::new(config.account_cache_capacity, config.reply_cache_capacity));
         let connector = tokio::spawn(connect_event_log(config.clone(), Arc::downgrade(&accounts), reporter.clone()));
 
-        // v1 for current clients, v1alpha for older ones (grpcurl < 1.9).
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let (reflection_v1, reflection_v1alpha) = grpc_server::reflection()?;
         let commands =
             CommandService::server(Arc::clone(&accounts)).max_decoding_message_size(config.max_request_bytes);
-
-        let (draining_tx, draining_rx) = oneshot::channel();
-        let signal = {
-            let reporter = reporter.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("draining in-flight requests");
-                set_health(&reporter, ServingStatus::NotServing).await;
-                let _ = draining_tx.send(());
-            }
-        };
-        tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "write-service listening");
+        let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
+        tracing::info!(addr = %config.listen_addr, "write-service listening");
         let server = Server::builder()
             .layer(GrpcServerTelemetryLayer::new("write"))
             .add_service(health_service)
@@ -105,21 +91,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(commands)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
-
-        let grace = config.shutdown_grace;
-        let deadline = async move {
-            if draining_rx.await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(grace).await;
-        };
-        let result = tokio::select! {
-            result = server => result.map_err(StartupError::from),
-            () = deadline => {
-                tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace; stopping anyway");
-                Ok(())
-            }
-        };
+        let result = drain.run(server).await.map_err(StartupError::from);
         connector.abort();
         tracing::info!("write-service stopped");
         result
@@ -185,6 +157,5 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    reporter.set_service_status(SERVICE_NAME, status).await;
+    grpc_server::set_health(reporter, SERVICE_NAME, status).await;
 }

@@ -1,0 +1,413 @@
+//! Applying the event log to the read model, exactly once and in order.
+//!
+//! - **Exactly once**: a batch's rows and the checkpoints (last applied
+//!   position per projection) commit in one transaction; an event at or
+//!   below a projection's checkpoint is skipped and acked. Messages are
+//!   acked only after the commit.
+//! - **In order**: a projection applies position `p` only when its
+//!   checkpoint is `p - 1` (or the log holds nothing in between). The
+//!   consumer is (re)created at the lowest checkpoint + 1, so a message that
+//!   JetStream redelivers after later ones can never be skipped by a
+//!   checkpoint that moved past it: on a gap the consumer is repositioned.
+//! - **Poison**: an event that cannot be decoded or applied is recorded in
+//!   `dead_letters` with the reason, counted, and passed over in the same
+//!   transaction, so it never blocks the events behind it. A read-store
+//!   failure, by contrast, is retried (with backoff) without limit: skipping
+//!   would break the order.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self, AckKind,
+        consumer::{AckPolicy, DeliverPolicy, ReplayPolicy, pull},
+    },
+};
+use futures::{FutureExt, StreamExt};
+use read_model::{AccountRow, Checkpoints, DeadLetter, HistoryRow, Projection, ReadStore, StoreError};
+use shared::{
+    event_log::{EventLogArgs, headers},
+    propagation,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::Config,
+    domain::{EventRecord, projections},
+    error::ProjectorError,
+    telemetry::{Handled, Outcome, ProjectionTelemetry},
+};
+
+/// An event as delivered by JetStream.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub position: u64,
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: bytes::Bytes,
+}
+
+impl Delivered {
+    /// The parts of a JetStream message the projector uses.
+    pub fn from_message(message: &jetstream::Message) -> Result<Self, ProjectorError> {
+        let info = message.info().map_err(ProjectorError::event_log)?;
+        Ok(Self {
+            position: info.stream_sequence,
+            subject: message.subject.to_string(),
+            headers: message.headers.clone().unwrap_or_default(),
+            payload: message.payload.clone(),
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|value| value.as_str())
+    }
+}
+
+/// What applying a batch did.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// How many messages, from the start of the batch, were handled (and
+    /// may be acked). The rest come after a gap.
+    pub handled: usize,
+    /// The position a projection waits for, if the batch skipped ahead of it.
+    pub gap: Option<u64>,
+    /// Per handled message, for telemetry.
+    pub events: Vec<Handled>,
+    /// The checkpoints after the commit.
+    pub checkpoints: Checkpoints,
+}
+
+/// The projection engine over one read store and one event stream.
+pub struct Projector {
+    store: ReadStore,
+    stream: jetstream::stream::Stream,
+    names: EventLogArgs,
+    telemetry: ProjectionTelemetry,
+}
+
+impl Projector {
+    pub fn new(store: ReadStore, stream: jetstream::stream::Stream, names: EventLogArgs) -> Self {
+        Self { store, stream, names, telemetry: ProjectionTelemetry::default() }
+    }
+
+    /// The read store.
+    pub fn store(&self) -> &ReadStore {
+        &self.store
+    }
+
+    /// Applies `messages` (in log order) to `projections` in one
+    /// transaction. Telemetry is recorded after the commit.
+    pub async fn apply(&self, messages: &[Delivered], projections: &[Projection]) -> Result<BatchReport, StoreError> {
+        let started = std::time::SystemTime::now();
+        let mut batch = self.store.begin().await?;
+        let mut summaries: HashMap<String, Option<AccountRow>> = HashMap::new();
+        let mut changed_summaries: HashSet<String> = HashSet::new();
+        let mut histories: HashMap<String, Option<HistoryRow>> = HashMap::new();
+        let mut new_history: Vec<HistoryRow> = Vec::new();
+        let mut report = BatchReport::default();
+
+        'messages: for message in messages {
+            let checkpoints = batch.checkpoints();
+            let due: Vec<Projection> =
+                projections.iter().copied().filter(|p| message.position > checkpoints.get(*p)).collect();
+            for projection in &due {
+                let expected = checkpoints.get(*projection) + 1;
+                if message.position > expected && !self.nothing_between(expected, message.position).await {
+                    report.gap = Some(expected);
+                    break 'messages;
+                }
+            }
+            report.handled += 1;
+            let mut handled = Handled {
+                position: message.position,
+                subject: message.subject.clone(),
+                event_type: message.header(headers::TYPE).map(str::to_owned),
+                account_id: None,
+                occurred_at_us: None,
+                producer: propagation::extract_from_nats(&message.headers),
+                outcomes: Vec::new(),
+            };
+            if due.is_empty() {
+                handled.outcomes = projections.iter().map(|p| (*p, Outcome::DuplicateSkipped)).collect();
+                report.events.push(handled);
+                continue;
+            }
+
+            let applied = match EventRecord::read(
+                message.position,
+                &message.subject,
+                &self.names.subject_prefix,
+                |name| message.header(name),
+                &message.payload,
+            ) {
+                Err(error) => Err(error.to_string()),
+                Ok(record) => {
+                    handled.account_id = Some(record.account_id.clone());
+                    handled.occurred_at_us = Some(record.occurred_at_us);
+                    let id = record.account_id.clone();
+                    let mut summary = None;
+                    let mut history = None;
+                    for projection in &due {
+                        match projection {
+                            Projection::AccountSummary => {
+                                if !summaries.contains_key(&id) {
+                                    summaries.insert(id.clone(), batch.account(&id).await?);
+                                }
+                                let current = summaries.get(&id).and_then(Option::as_ref);
+                                summary = Some(projections::account_summary(current, &record));
+                            }
+                            Projection::AccountHistory => {
+                                if !histories.contains_key(&id) {
+                                    histories.insert(id.clone(), batch.last_history(&id).await?);
+                                }
+                                let previous = histories.get(&id).and_then(Option::as_ref);
+                                history = Some(projections::account_history(previous, &record));
+                            }
+                        }
+                    }
+                    // All or nothing: an event one projection refuses is
+                    // set aside for every projection that was due.
+                    match (summary.transpose(), history.transpose()) {
+                        (Ok(summary), Ok(history)) => {
+                            if let Some(row) = summary {
+                                changed_summaries.insert(id.clone());
+                                summaries.insert(id.clone(), Some(row));
+                            }
+                            if let Some(row) = history {
+                                histories.insert(id.clone(), Some(row.clone()));
+                                new_history.push(row);
+                            }
+                            Ok(())
+                        }
+                        (Err(error), _) | (_, Err(error)) => Err(error.to_string()),
+                    }
+                }
+            };
+            let outcome = match applied {
+                Ok(()) => Outcome::Applied,
+                Err(reason) => {
+                    batch.dead_letter(&dead_letter(message, &reason)).await?;
+                    tracing::warn!(position = message.position, subject = %message.subject, %reason, "event set aside as a dead letter");
+                    Outcome::Failed(reason)
+                }
+            };
+            for projection in projections {
+                let outcome = if due.contains(projection) { outcome.clone() } else { Outcome::DuplicateSkipped };
+                handled.outcomes.push((*projection, outcome));
+            }
+            for projection in &due {
+                batch.advance(*projection, message.position);
+            }
+            report.events.push(handled);
+        }
+
+        let rows: Vec<AccountRow> =
+            changed_summaries.iter().filter_map(|id| summaries.get(id).cloned().flatten()).collect();
+        batch.upsert_accounts(&rows).await?;
+        batch.insert_history(&new_history).await?;
+        report.checkpoints = batch.checkpoints();
+        batch.commit().await?;
+
+        self.telemetry.set_checkpoints(report.checkpoints);
+        for handled in &report.events {
+            self.telemetry.record(handled, started);
+        }
+        Ok(report)
+    }
+
+    /// Whether the log holds no account event in `from..to` (a legitimate
+    /// gap, e.g. in a stream that also holds other subjects).
+    async fn nothing_between(&self, from: u64, to: u64) -> bool {
+        match self.stream.direct_get_next_for_subject(self.names.all_accounts_subject(), Some(from)).await {
+            Ok(next) => next.sequence >= to,
+            Err(error) => {
+                tracing::debug!(%error, from, to, "cannot check a gap in the log; repositioning");
+                false
+            }
+        }
+    }
+
+    /// Consumes the event log until `shutdown` completes, then finishes the
+    /// batch in hand and returns.
+    pub async fn run(
+        self: Arc<Self>,
+        config: &Config,
+        health: HealthReporter,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ProjectorError> {
+        let mut shutdown = pin!(shutdown.fuse());
+        let mut backoff = Backoff::default();
+        loop {
+            // (Re)position: the read store's checkpoints are the truth.
+            let consumer = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                consumer = self.position_consumer(config) => consumer,
+            };
+            let mut messages = match consumer {
+                Ok(messages) => {
+                    backoff.reset();
+                    set_health(&health, ServingStatus::Serving).await;
+                    messages
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff.current(), "cannot position the consumer");
+                    set_health(&health, ServingStatus::NotServing).await;
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = backoff.wait() => continue,
+                    }
+                }
+            };
+            loop {
+                let first = tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    next = messages.next() => next,
+                };
+                let mut batch = match first {
+                    Some(Ok(message)) => vec![message],
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "the consumer's message stream failed; repositioning");
+                        set_health(&health, ServingStatus::NotServing).await;
+                        break;
+                    }
+                    None => break,
+                };
+                // Take whatever else has already arrived, without waiting:
+                // small batches when idle (low lag), large under a backlog.
+                while batch.len() < config.batch_size.get() {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(message))) => batch.push(message),
+                        _ => break,
+                    }
+                }
+                let delivered: Vec<Delivered> = batch.iter().map(Delivered::from_message).collect::<Result<_, _>>()?;
+                let report = loop {
+                    match self.apply(&delivered, &Projection::ALL).await {
+                        Ok(report) => break report,
+                        Err(error) => {
+                            tracing::warn!(%error, retry_in = ?backoff.current(), "applying a batch failed; retrying it");
+                            set_health(&health, ServingStatus::NotServing).await;
+                            // Keep JetStream from redelivering while we retry.
+                            for message in &batch {
+                                let _ = message.ack_with(AckKind::Progress).await;
+                            }
+                            backoff.wait().await;
+                        }
+                    }
+                };
+                backoff.reset();
+                set_health(&health, ServingStatus::Serving).await;
+                for message in &batch[..report.handled] {
+                    if let Err(error) = message.ack().await {
+                        // Not fatal: a redelivery is skipped by the checkpoint.
+                        tracing::debug!(%error, "ack failed");
+                    }
+                }
+                if let Some(info) = batch[..report.handled].last().and_then(|m| m.info().ok()) {
+                    self.telemetry.set_pending(info.pending);
+                }
+                if let Some(expected) = report.gap {
+                    tracing::info!(expected, "the consumer skipped ahead of a projection; repositioning");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Recreates the durable consumer at the lowest checkpoint + 1 and
+    /// opens its message stream.
+    async fn position_consumer(&self, config: &Config) -> Result<pull::Stream, ProjectorError> {
+        let checkpoints = self.store.checkpoints().await?;
+        self.telemetry.set_checkpoints(checkpoints);
+        let start = checkpoints.min() + 1;
+        // A durable consumer cannot change its start; recreate it. Nothing
+        // is lost: whatever it had delivered but not acked is above the
+        // checkpoint and is delivered again.
+        let _ = self.stream.delete_consumer(&config.consumer).await;
+        let batch = config.batch_size.get();
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                durable_name: Some(config.consumer.clone()),
+                description: Some("bank projector: account_summary, account_history".into()),
+                filter_subject: self.names.all_accounts_subject(),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                // Never give up on an event: poison is handled here, with a
+                // dead letter, not by JetStream silently dropping it.
+                max_deliver: -1,
+                max_ack_pending: i64::try_from(batch * 2).unwrap_or(i64::MAX),
+                replay_policy: ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(ProjectorError::event_log)?;
+        tracing::info!(start, consumer = %config.consumer, "consuming the event log");
+        consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(ProjectorError::event_log)
+    }
+}
+
+fn dead_letter(message: &Delivered, reason: &str) -> DeadLetter {
+    let headers = message
+        .headers
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |value| format!("{name}: {}", value.as_str())))
+        .collect::<Vec<_>>()
+        .join("\n");
+    DeadLetter {
+        position: message.position,
+        subject: message.subject.clone(),
+        event_type: message.header(headers::TYPE).map(str::to_owned),
+        reason: reason.to_owned(),
+        headers,
+        payload: message.payload.to_vec(),
+        dead_lettered_at_us: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000,
+    }
+}
+
+/// The name health checks use for the projector.
+pub const SERVICE_NAME: &str = "projector";
+
+pub(crate) async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    shared::grpc_server::set_health(reporter, SERVICE_NAME, status).await;
+}
+
+/// Exponential backoff between retries: 100 ms doubling to 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    fn current(&self) -> Duration {
+        self.0
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,69 @@
+//! projector's settings: flags with environment fallbacks (`projector
+//! --help` is the reference), local defaults.
+
+use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use read_model::Projection;
+use shared::event_log::{EventLogArgs, NatsArgs};
+
+/// The projection side of the bank: consumes the event log and keeps the
+/// read model (account_summary, account_history) up to date, exactly once.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "projector", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; without a subcommand, `run`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consume the event log and project it (the default).
+    Run,
+    /// Empty a projection and replay it from the start of the log, with a
+    /// progress bar. Safe while the projector runs.
+    Rebuild {
+        /// The projection to rebuild (account_summary or account_history);
+        /// all of them if omitted.
+        #[arg(long)]
+        projection: Option<Projection>,
+    },
+}
+
+/// Settings shared by `run` and `rebuild`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address of the gRPC health endpoint (for Kubernetes probes).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50053")]
+    pub listen_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub event_log: EventLogArgs,
+
+    /// The read store: `sqlite://PATH` (created if missing) or
+    /// `postgres://USER:PASSWORD@HOST/DB`.
+    #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db")]
+    pub read_store_url: String,
+
+    /// Name of the durable JetStream consumer.
+    #[arg(long, env = "PROJECTOR_CONSUMER", default_value = "projector")]
+    pub consumer: String,
+
+    /// Most events applied in one read-store transaction. Also bounds how
+    /// many events are in flight (the consumer's max_ack_pending is twice
+    /// this), and so the projector's memory.
+    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value = "500")]
+    pub batch_size: NonZeroUsize,
+
+    /// How long JetStream waits for an ack before redelivering. In-progress
+    /// acks extend it while a batch is retried.
+    #[arg(long, env = "PROJECTOR_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+}

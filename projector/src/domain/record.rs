@@ -1,0 +1,125 @@
+//! An event as the projector reads it from the log: the envelope's facts
+//! (position, account, version, time) and the decoded domain event.
+
+use shared::{event_log::headers, events::AccountEvent};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// One event from the log, decoded and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The event's stream sequence.
+    pub position: u64,
+    /// The account it belongs to (the subject's last token).
+    pub account_id: String,
+    /// The account's version after this event.
+    pub version: u64,
+    /// When the event was produced (`ce-time`), µs since the epoch.
+    pub occurred_at_us: i64,
+    /// The domain event.
+    pub event: AccountEvent,
+}
+
+/// Why a message in the log is not an event the projector can apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The subject is not `<prefix>.account.<id>`.
+    #[error("subject {0:?} is not an account subject")]
+    Subject(String),
+    /// A header the envelope requires is missing or malformed.
+    #[error("header {name}: {problem}")]
+    Header { name: &'static str, problem: String },
+    /// The payload is not the event its type says.
+    #[error(transparent)]
+    Decode(#[from] shared::events::DecodeError),
+}
+
+impl EventRecord {
+    /// Reads the message at `position` on `subject` (the account subjects
+    /// begin with `subject_prefix`). `header` looks a header up by name.
+    pub fn read<'a>(
+        position: u64,
+        subject: &str,
+        subject_prefix: &str,
+        header: impl Fn(&str) -> Option<&'a str>,
+        payload: &[u8],
+    ) -> Result<Self, RecordError> {
+        let account_id = subject
+            .strip_prefix(subject_prefix)
+            .and_then(|rest| rest.strip_prefix(".account."))
+            .filter(|id| !id.is_empty() && !id.contains('.'))
+            .ok_or_else(|| RecordError::Subject(subject.to_owned()))?;
+        let required = |name: &'static str| header(name).ok_or(RecordError::Header { name, problem: "missing".into() });
+        if required(headers::SUBJECT)? != account_id {
+            return Err(RecordError::Header {
+                name: headers::SUBJECT,
+                problem: format!("does not match the subject's account {account_id:?}"),
+            });
+        }
+        let version = required(headers::AGGREGATE_VERSION)?.parse::<u64>().ok().filter(|v| *v > 0).ok_or(
+            RecordError::Header { name: headers::AGGREGATE_VERSION, problem: "not a positive integer".into() },
+        )?;
+        let time = required(headers::TIME)?;
+        let occurred_at = OffsetDateTime::parse(time, &Rfc3339)
+            .map_err(|e| RecordError::Header { name: headers::TIME, problem: e.to_string() })?;
+        let occurred_at_us = i64::try_from(occurred_at.unix_timestamp_nanos() / 1_000)
+            .map_err(|_| RecordError::Header { name: headers::TIME, problem: "out of range".into() })?;
+        let event = AccountEvent::decode(header(headers::TYPE), payload)?;
+        Ok(Self { position, account_id: account_id.to_owned(), version, occurred_at_us, event })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+        pairs.iter().copied().collect()
+    }
+
+    fn valid() -> HashMap<&'static str, &'static str> {
+        headers(&[
+            ("ce-type", "bank.v1.FundsDeposited"),
+            ("ce-subject", "acc-1"),
+            ("ce-aggregateversion", "2"),
+            ("ce-time", "2026-11-25T10:00:00.5Z"),
+        ])
+    }
+
+    fn read(headers: &HashMap<&'static str, &'static str>, subject: &str) -> Result<EventRecord, RecordError> {
+        let payload = AccountEvent::Deposited { amount: 5 }.encode("acc-1");
+        EventRecord::read(7, subject, "bank", |name| headers.get(name).copied(), &payload)
+    }
+
+    #[test]
+    fn a_well_formed_event_is_read() {
+        let record = read(&valid(), "bank.account.acc-1").unwrap();
+        assert_eq!(record.position, 7);
+        assert_eq!(record.account_id, "acc-1");
+        assert_eq!(record.version, 2);
+        assert_eq!(record.occurred_at_us, 1_795_600_800_500_000);
+        assert_eq!(record.event, AccountEvent::Deposited { amount: 5 });
+    }
+
+    #[test]
+    fn envelopes_the_project_did_not_write_are_refused_with_a_reason() {
+        assert!(matches!(read(&valid(), "bank.other.acc-1"), Err(RecordError::Subject(_))));
+        for missing in ["ce-subject", "ce-aggregateversion", "ce-time"] {
+            let mut headers = valid();
+            headers.remove(missing);
+            assert!(
+                matches!(read(&headers, "bank.account.acc-1"), Err(RecordError::Header { name, .. }) if name == missing)
+            );
+        }
+        let mut headers = valid();
+        headers.insert("ce-subject", "acc-2");
+        assert!(read(&headers, "bank.account.acc-1").is_err());
+        headers = valid();
+        headers.insert("ce-aggregateversion", "zero");
+        assert!(read(&headers, "bank.account.acc-1").is_err());
+        headers = valid();
+        headers.insert("ce-type", "bank.v1.Nonsense");
+        assert!(matches!(read(&headers, "bank.account.acc-1"), Err(RecordError::Decode(_))));
+    }
+}

@@ -1,0 +1,97 @@
+//! `projector rebuild`: empties projections and replays the whole log into
+//! them, with a progress bar and a final events/s figure.
+//!
+//! Safe while `projector run` is running: both apply through the same
+//! checkpoint compare-and-set, so each event is applied once, by whichever
+//! gets there first; the running projector notices the reset projection is
+//! behind and repositions too.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures::{FutureExt, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use read_model::{Projection, StoreError};
+
+use crate::{
+    app::{Delivered, Projector},
+    error::ProjectorError,
+};
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildReport {
+    pub projections: Vec<Projection>,
+    pub events: u64,
+    pub elapsed: Duration,
+}
+
+impl RebuildReport {
+    /// Events replayed per second.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Resets `projections` and replays the log into them up to its current end.
+pub async fn rebuild(
+    projector: &Projector,
+    stream: &async_nats::jetstream::stream::Stream,
+    filter_subject: String,
+    projections: &[Projection],
+    batch_size: usize,
+    show_progress: bool,
+) -> Result<RebuildReport, ProjectorError> {
+    for projection in projections {
+        projector.store().reset(*projection).await?;
+    }
+    let mut info_stream = stream.clone();
+    let last = info_stream.info().await.map_err(ProjectorError::event_log)?.state.last_sequence;
+    let progress = if show_progress { ProgressBar::new(last) } else { ProgressBar::hidden() };
+    progress.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress.set_message(projections.iter().map(|p| p.name()).collect::<Vec<_>>().join("+"));
+
+    let started = Instant::now();
+    let reached = |checkpoints: read_model::Checkpoints| projections.iter().map(|p| checkpoints.get(*p)).min();
+    let mut position = 0;
+    if last > 0 {
+        let consumer = stream
+            .create_consumer(OrderedConfig { filter_subject, deliver_policy: DeliverPolicy::All, ..Default::default() })
+            .await
+            .map_err(ProjectorError::event_log)?;
+        let mut messages = consumer.messages().await.map_err(ProjectorError::event_log)?;
+        while position < last {
+            let Some(first) = messages.next().await else { break };
+            let mut batch = vec![first.map_err(ProjectorError::event_log)?];
+            while batch.len() < batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            let delivered: Vec<Delivered> = batch.iter().map(Delivered::from_message).collect::<Result<_, _>>()?;
+            let report = loop {
+                match projector.apply(&delivered, projections).await {
+                    Ok(report) => break report,
+                    // A running projector moved the checkpoint: re-read it.
+                    Err(StoreError::CheckpointMoved(_)) => continue,
+                    Err(error) => return Err(error.into()),
+                }
+            };
+            if let Some(expected) = report.gap {
+                return Err(ProjectorError::EventLog(format!(
+                    "the replay skipped ahead of position {expected}; run the rebuild again"
+                )));
+            }
+            position = reached(report.checkpoints).unwrap_or(last).max(delivered.last().map_or(0, |d| d.position));
+            progress.set_position(position.min(last));
+        }
+    }
+    progress.finish();
+    let report = RebuildReport { projections: projections.to_vec(), events: last, elapsed: started.elapsed() };
+    Ok(report)
+}

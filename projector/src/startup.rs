@@ -1,0 +1,112 @@
+//! Wiring: the health endpoint, the NATS connection, the read store, and
+//! the projection loop, until shutdown.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use async_nats::jetstream;
+use futures::FutureExt;
+use read_model::ReadStore;
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{
+    app::{Projector, set_health},
+    config::Config,
+    error::ProjectorError,
+};
+
+/// A bound, not yet running projector.
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+}
+
+impl Application {
+    /// Binds the health endpoint's listener (port 0 picks a free port).
+    pub async fn build(config: Config) -> Result<Self, ProjectorError> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| ProjectorError::Health(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        Ok(Self { listener, config })
+    }
+
+    /// The health endpoint's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen_addr)
+    }
+
+    /// Projects until `shutdown` completes; finishes the batch in hand first.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ProjectorError> {
+        let Self { listener, config } = self;
+        let shutdown = shutdown.shared();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let health_server = tokio::spawn(
+            Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.clone()),
+        );
+
+        let work = async {
+            let (stream, store) = tokio::join!(connect_event_log(&config), connect_store(&config));
+            let projector = Arc::new(Projector::new(store, stream, config.event_log.clone()));
+            let result = Arc::clone(&projector).run(&config, reporter.clone(), shutdown.clone()).await;
+            projector.store().close().await;
+            result
+        };
+        let result = tokio::select! {
+            result = work => result,
+            () = shutdown.clone() => Ok(()),
+        };
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let _ = health_server.await;
+        tracing::info!("projector stopped");
+        result
+    }
+}
+
+/// Connects to NATS and waits until the event stream exists (write-service
+/// creates it), retrying forever: the projector is useless without it.
+pub async fn connect_event_log(config: &Config) -> jetstream::stream::Stream {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match try_connect_event_log(config).await {
+            Ok(stream) => return stream,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot reach the event log yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Connects to NATS and opens the event stream, once.
+pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream::Stream, ProjectorError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("projector")
+        .max_reconnects(None)
+        .connect(config.nats.url.as_str())
+        .await
+        .map_err(ProjectorError::event_log)?;
+    let jetstream = jetstream::ContextBuilder::new().timeout(config.nats.request_timeout).build(client);
+    jetstream.get_stream(&config.event_log.stream).await.map_err(ProjectorError::event_log)
+}
+
+async fn connect_store(config: &Config) -> ReadStore {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match ReadStore::connect(&config.read_store_url, 4).await {
+            Ok(store) => return store,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot reach the read store yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

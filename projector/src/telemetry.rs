@@ -1,0 +1,215 @@
+//! The projection side's telemetry: one `projection.<name>` CONSUMER span
+//! per event and projection, in its own trace and *linked* (not parented)
+//! to the PRODUCER span whose context the event carries; the lag histogram;
+//! outcome and dead-letter counters; pending and checkpoint gauges.
+//!
+//! A link, not a parent: redeliveries, replays and rebuilds carry the
+//! original context, and parenting on it would grow one trace without bound.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use opentelemetry::{
+    KeyValue, global,
+    metrics::{Counter, Histogram},
+    trace::{Link, Span, SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
+};
+use opentelemetry_semantic_conventions::attribute as semconv;
+use read_model::{Checkpoints, Projection};
+use shared::grpc_telemetry::CQRS_SIDE;
+
+const SIDE: &str = "projection";
+
+/// Lag boundaries in milliseconds: a millisecond to five minutes.
+const LAG_BOUNDARIES: [f64; 16] =
+    [1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0];
+
+/// What happened to an event in one projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The projection applied it.
+    Applied,
+    /// The projection had applied it before (redelivery, replay).
+    DuplicateSkipped,
+    /// It was set aside as a dead letter, for this reason.
+    Failed(String),
+}
+
+impl Outcome {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::DuplicateSkipped => "duplicate_skipped",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What the telemetry needs to know about one handled event.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    pub position: u64,
+    pub subject: String,
+    pub event_type: Option<String>,
+    pub account_id: Option<String>,
+    pub occurred_at_us: Option<i64>,
+    /// The producer's span context, from the event's headers.
+    pub producer: opentelemetry::Context,
+    pub outcomes: Vec<(Projection, Outcome)>,
+}
+
+/// Instruments for projecting.
+#[derive(Clone)]
+pub struct ProjectionTelemetry {
+    tracer: Arc<global::BoxedTracer>,
+    lag: Histogram<f64>,
+    events: Counter<u64>,
+    dead_letters: Counter<u64>,
+    pending: Arc<AtomicU64>,
+    checkpoints: Arc<[AtomicU64; 2]>,
+}
+
+impl Default for ProjectionTelemetry {
+    fn default() -> Self {
+        let meter = global::meter("projector");
+        let pending = Arc::new(AtomicU64::new(0));
+        let checkpoints: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let observed_pending = Arc::clone(&pending);
+        meter
+            .u64_observable_gauge("cqrs.projection.pending")
+            .with_description("Events in the log that the projector's consumer has not received yet")
+            .with_callback(move |gauge| {
+                gauge.observe(observed_pending.load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)]);
+            })
+            .build();
+        let observed_checkpoints = Arc::clone(&checkpoints);
+        meter
+            .u64_observable_gauge("cqrs.projection.checkpoint")
+            .with_description("The last event-log position each projection has applied")
+            .with_callback(move |gauge| {
+                for projection in Projection::ALL {
+                    gauge.observe(
+                        observed_checkpoints[index(projection)].load(Ordering::Relaxed),
+                        &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("projection.name", projection.name())],
+                    );
+                }
+            })
+            .build();
+        Self {
+            tracer: Arc::new(global::tracer("projector")),
+            lag: meter
+                .f64_histogram("cqrs.projection.lag")
+                .with_unit("ms")
+                .with_description("Time from an event's production to its projection becoming visible")
+                .with_boundaries(LAG_BOUNDARIES.to_vec())
+                .build(),
+            events: meter
+                .u64_counter("cqrs.projection.events")
+                .with_description("Events handled per projection, by outcome")
+                .build(),
+            dead_letters: meter
+                .u64_counter("cqrs.projection.dead_letters")
+                .with_description("Events set aside because they cannot be applied")
+                .build(),
+            pending,
+            checkpoints,
+        }
+    }
+}
+
+fn index(projection: Projection) -> usize {
+    match projection {
+        Projection::AccountSummary => 0,
+        Projection::AccountHistory => 1,
+    }
+}
+
+impl ProjectionTelemetry {
+    /// Records the consumer's pending count.
+    pub fn set_pending(&self, pending: u64) {
+        self.pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// Records the checkpoints after a commit.
+    pub fn set_checkpoints(&self, checkpoints: Checkpoints) {
+        for projection in Projection::ALL {
+            self.checkpoints[index(projection)].store(checkpoints.get(projection), Ordering::Relaxed);
+        }
+    }
+
+    /// Records one event's spans and metrics once its batch committed:
+    /// `started` is when the batch began, the spans end now (when the
+    /// effects became visible).
+    pub fn record(&self, handled: &Handled, started: SystemTime) {
+        let now = SystemTime::now();
+        let now_us = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        let lag_ms = handled.occurred_at_us.map(|at| (now_us - at).max(0) as f64 / 1000.0);
+        let event_type = handled.event_type.clone().unwrap_or_else(|| "unknown".into());
+        let producer = handled.producer.span().span_context().clone();
+        let mut dead_lettered = false;
+        for (projection, outcome) in &handled.outcomes {
+            let mut attributes = vec![
+                KeyValue::new(CQRS_SIDE, SIDE),
+                KeyValue::new("cqrs.projection.name", projection.name()),
+                KeyValue::new("cqrs.event.type", event_type.clone()),
+                KeyValue::new("cqrs.event.position", handled.position as i64),
+                KeyValue::new("cqrs.projection.outcome", outcome.name()),
+                KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
+                KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, handled.subject.clone()),
+            ];
+            if let Some(account_id) = &handled.account_id {
+                attributes.push(KeyValue::new("cqrs.event.aggregate_id", account_id.clone()));
+            }
+            if let Some(lag_ms) = lag_ms {
+                attributes.push(KeyValue::new("cqrs.projection.lag_ms", lag_ms));
+            }
+            let links = if producer.is_valid() { vec![Link::with_context(producer.clone())] } else { Vec::new() };
+            let mut span = self
+                .tracer
+                .span_builder(span_name(*projection))
+                .with_kind(SpanKind::Consumer)
+                .with_start_time(started)
+                .with_links(links)
+                .with_attributes(attributes)
+                .start_with_context(self.tracer.as_ref(), &opentelemetry::Context::new());
+            if let Outcome::Failed(reason) = outcome {
+                span.set_status(SpanStatus::error(reason.clone()));
+                dead_lettered = true;
+            }
+            span.end_with_timestamp(now);
+
+            let labels = [
+                KeyValue::new(CQRS_SIDE, SIDE),
+                KeyValue::new("projection.name", projection.name()),
+                KeyValue::new("outcome", outcome.name()),
+            ];
+            self.events.add(1, &labels);
+            if let (Outcome::Applied, Some(lag_ms)) = (outcome, lag_ms) {
+                self.lag.record(
+                    lag_ms,
+                    &[
+                        KeyValue::new(CQRS_SIDE, SIDE),
+                        KeyValue::new("projection.name", projection.name()),
+                        KeyValue::new("event.type", event_type.clone()),
+                    ],
+                );
+            }
+        }
+        if dead_lettered {
+            self.dead_letters.add(1, &[KeyValue::new(CQRS_SIDE, SIDE)]);
+        }
+    }
+}
+
+fn span_name(projection: Projection) -> &'static str {
+    match projection {
+        Projection::AccountSummary => "projection.account_summary",
+        Projection::AccountHistory => "projection.account_history",
+    }
+}

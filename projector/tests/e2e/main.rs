@@ -1,0 +1,13 @@
+//! End-to-end tests of the read side: write-service and read-service
+//! in-process, the projector as its binary (so it can be killed), a private
+//! nats-server, and each test on both read stores (a fresh SQLite file, a
+//! fresh PostgreSQL database).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod faults;
+mod helpers;
+mod poison;
+mod queries;
+mod rebuild;
+mod run_local;

@@ -1,0 +1,623 @@
+//! The read store: the read model's schema (migrations for SQLite and
+//! PostgreSQL) and every query on it. The projector is its only writer
+//! ([`ReadStore::begin`], [`ProjectionBatch`]); read-service only reads.
+//!
+//! One code path serves both stores through sqlx's `Any` driver: the SQL is
+//! portable (`$N` parameters work on both), only the migrations differ.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    AnyPool, AssertSqlSafe, Row,
+    any::{AnyPoolOptions, AnyRow},
+    migrate::Migrator,
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Why the read store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `READ_STORE_URL` is neither `sqlite://…` nor `postgres://…`.
+    #[error("unsupported read store URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// The SQLite file's folder cannot be created.
+    #[error("cannot create the folder of {path}: {source}")]
+    Folder { path: String, source: std::io::Error },
+    /// A query failed (connection lost, lock timeout, constraint...).
+    #[error("read store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    /// The schema migrations failed.
+    #[error("read store migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// Another writer moved a projection's checkpoint during this batch.
+    #[error("projection {0}'s checkpoint moved under this batch")]
+    CheckpointMoved(&'static str),
+    /// A row holds a value this version does not know.
+    #[error("read store holds an unexpected value: {0}")]
+    Corrupt(String),
+}
+
+/// Which database the store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Whether an account accepts commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Open,
+    Closed,
+}
+
+impl AccountStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl FromStr for AccountStatus {
+    type Err = StoreError;
+    fn from_str(value: &str) -> Result<Self, StoreError> {
+        match value {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            other => Err(StoreError::Corrupt(format!("account status {other:?}"))),
+        }
+    }
+}
+
+/// What kind of event a history row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    AccountOpened,
+    FundsDeposited,
+    FundsWithdrawn,
+    AccountClosed,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AccountOpened => "account_opened",
+            Self::FundsDeposited => "funds_deposited",
+            Self::FundsWithdrawn => "funds_withdrawn",
+            Self::AccountClosed => "account_closed",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = StoreError;
+    fn from_str(value: &str) -> Result<Self, StoreError> {
+        match value {
+            "account_opened" => Ok(Self::AccountOpened),
+            "funds_deposited" => Ok(Self::FundsDeposited),
+            "funds_withdrawn" => Ok(Self::FundsWithdrawn),
+            "account_closed" => Ok(Self::AccountClosed),
+            other => Err(StoreError::Corrupt(format!("event kind {other:?}"))),
+        }
+    }
+}
+
+/// One row of `account_summary`: an account's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    pub account_id: String,
+    pub owner: String,
+    pub balance: i64,
+    pub status: AccountStatus,
+    pub version: u64,
+    pub position: u64,
+    pub opened_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+/// One row of `account_history`: one event with the balance it left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub account_id: String,
+    pub version: u64,
+    pub position: u64,
+    pub kind: EventKind,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub occurred_at_us: i64,
+}
+
+/// An event set aside by the projector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub position: u64,
+    pub subject: String,
+    pub event_type: Option<String>,
+    pub reason: String,
+    /// The message's headers, one `name: value` per line.
+    pub headers: String,
+    pub payload: Vec<u8>,
+    pub dead_lettered_at_us: i64,
+}
+
+/// The projections the read model holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// `account_summary`: one row per account.
+    AccountSummary,
+    /// `account_history`: one row per event.
+    AccountHistory,
+}
+
+impl Projection {
+    /// Every projection.
+    pub const ALL: [Projection; 2] = [Projection::AccountSummary, Projection::AccountHistory];
+
+    /// The projection's name, as in checkpoints, spans and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AccountSummary => "account_summary",
+            Self::AccountHistory => "account_history",
+        }
+    }
+}
+
+impl FromStr for Projection {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == value)
+            .ok_or_else(|| format!("unknown projection {value:?}; known: account_summary, account_history"))
+    }
+}
+
+/// The last position each projection has applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoints {
+    pub account_summary: u64,
+    pub account_history: u64,
+}
+
+impl Checkpoints {
+    /// `projection`'s checkpoint.
+    pub fn get(&self, projection: Projection) -> u64 {
+        match projection {
+            Projection::AccountSummary => self.account_summary,
+            Projection::AccountHistory => self.account_history,
+        }
+    }
+
+    fn set(&mut self, projection: Projection, position: u64) {
+        match projection {
+            Projection::AccountSummary => self.account_summary = position,
+            Projection::AccountHistory => self.account_history = position,
+        }
+    }
+
+    /// The position every projection has reached.
+    pub fn min(&self) -> u64 {
+        self.account_summary.min(self.account_history)
+    }
+}
+
+/// A connection pool to the read store.
+#[derive(Clone)]
+pub struct ReadStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+// === impl ReadStore: connecting ===
+
+impl ReadStore {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and brings the
+    /// schema up to date. A SQLite file (and its folder) is created if
+    /// missing and put in WAL mode, so readers in other processes never
+    /// block the writer.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let (file, query) = path.split_once('?').unwrap_or((path, ""));
+            if let Some(folder) = Path::new(file).parent().filter(|f| !f.as_os_str().is_empty()) {
+                std::fs::create_dir_all(folder)
+                    .map_err(|source| StoreError::Folder { path: file.to_owned(), source })?;
+            }
+            let query = if query.is_empty() { "mode=rwc".to_owned() } else { query.to_owned() };
+            (Backend::Sqlite, format!("sqlite://{file}?{query}"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers and the writer do not block each other;
+                        // NORMAL is durable across process crashes in WAL mode
+                        // (the read model can be rebuilt from the log anyway).
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *connection).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *connection).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Self { pool, backend };
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&store.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
+        }
+        Ok(store)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection (waits for checked-out ones).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+// === impl ReadStore: queries (read-service) ===
+
+// Column lists as macros, so that queries stay literal (`concat!`) strings.
+macro_rules! account_columns {
+    () => {
+        "account_id, owner, balance, status, version, position, opened_at_us, updated_at_us"
+    };
+}
+macro_rules! history_columns {
+    () => {
+        "account_id, version, position, kind, amount, balance_after, occurred_at_us"
+    };
+}
+
+impl ReadStore {
+    /// One account, if the read model has it.
+    pub async fn account(&self, account_id: &str) -> Result<Option<AccountRow>, StoreError> {
+        const SQL: &str = concat!("SELECT ", account_columns!(), " FROM account_summary WHERE account_id = $1");
+        let row = sqlx::query(SQL).bind(account_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(account_row).transpose()
+    }
+
+    /// Up to `limit` accounts with ids after `after`, ordered by id,
+    /// optionally only those of `owner`.
+    pub async fn accounts(
+        &self,
+        after: Option<&str>,
+        owner: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        let after = after.unwrap_or("");
+        let rows = match owner {
+            Some(owner) => {
+                const SQL: &str = concat!(
+                    "SELECT ",
+                    account_columns!(),
+                    " FROM account_summary WHERE owner = $1 AND account_id > $2 ORDER BY account_id LIMIT $3"
+                );
+                sqlx::query(SQL).bind(owner).bind(after).bind(i64::from(limit)).fetch_all(&self.pool).await?
+            }
+            None => {
+                const SQL: &str = concat!(
+                    "SELECT ",
+                    account_columns!(),
+                    " FROM account_summary WHERE account_id > $1 ORDER BY account_id LIMIT $2"
+                );
+                sqlx::query(SQL).bind(after).bind(i64::from(limit)).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(account_row).collect()
+    }
+
+    /// Up to `limit` history rows of `account_id` with versions after
+    /// `after_version`, in version order.
+    pub async fn history(
+        &self,
+        account_id: &str,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            history_columns!(),
+            " FROM account_history WHERE account_id = $1 AND version > $2 ORDER BY version LIMIT $3"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(account_id)
+            .bind(to_i64(after_version))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(history_row).collect()
+    }
+
+    /// The last position each projection has applied.
+    pub async fn checkpoints(&self) -> Result<Checkpoints, StoreError> {
+        read_checkpoints(&self.pool).await
+    }
+
+    /// Every dead letter, in log order.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, subject, event_type, reason, headers, payload, dead_lettered_at_us \
+             FROM dead_letters ORDER BY position",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    position: to_u64(row.try_get("position")?),
+                    subject: row.try_get("subject")?,
+                    event_type: row.try_get("event_type")?,
+                    reason: row.try_get("reason")?,
+                    headers: row.try_get("headers")?,
+                    payload: row.try_get("payload")?,
+                    dead_lettered_at_us: row.try_get("dead_lettered_at_us")?,
+                })
+            })
+            .collect()
+    }
+}
+
+// === impl ReadStore: writes (projector) ===
+
+impl ReadStore {
+    /// Starts a batch: everything written through it, checkpoints
+    /// included, commits atomically or not at all.
+    pub async fn begin(&self) -> Result<ProjectionBatch, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Sqlite {
+            // Take the write lock now rather than on the first write, so a
+            // concurrent writer waits here instead of failing mid-batch.
+            sqlx::query("UPDATE projection_checkpoints SET position = position WHERE 0 = 1").execute(&mut *tx).await?;
+        } else {
+            // Serialise writers (the projector and a concurrent rebuild).
+            sqlx::query("SELECT position FROM projection_checkpoints FOR UPDATE").fetch_all(&mut *tx).await?;
+        }
+        let checkpoints = read_checkpoints(&mut *tx).await?;
+        Ok(ProjectionBatch { tx, checkpoints, original: checkpoints })
+    }
+
+    /// Empties `projection` and sets its checkpoint to 0, so that it is
+    /// replayed from the start of the log.
+    pub async fn reset(&self, projection: Projection) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let delete = match projection {
+            Projection::AccountSummary => "DELETE FROM account_summary",
+            Projection::AccountHistory => "DELETE FROM account_history",
+        };
+        sqlx::query(delete).execute(&mut *tx).await?;
+        sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE projection = $1")
+            .bind(projection.name())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Writes of one batch of events, in one transaction.
+pub struct ProjectionBatch {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    checkpoints: Checkpoints,
+    original: Checkpoints,
+}
+
+impl ProjectionBatch {
+    /// The checkpoints as of this batch (including its own advances).
+    pub fn checkpoints(&self) -> Checkpoints {
+        self.checkpoints
+    }
+
+    /// Records that `projection` has applied everything up to `position`.
+    pub fn advance(&mut self, projection: Projection, position: u64) {
+        self.checkpoints.set(projection, position);
+    }
+
+    /// The account's summary row, as of this batch.
+    pub async fn account(&mut self, account_id: &str) -> Result<Option<AccountRow>, StoreError> {
+        const SQL: &str = concat!("SELECT ", account_columns!(), " FROM account_summary WHERE account_id = $1");
+        let row = sqlx::query(SQL).bind(account_id).fetch_optional(&mut *self.tx).await?;
+        row.as_ref().map(account_row).transpose()
+    }
+
+    /// The account's latest history row, as of this batch.
+    pub async fn last_history(&mut self, account_id: &str) -> Result<Option<HistoryRow>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            history_columns!(),
+            " FROM account_history WHERE account_id = $1 ORDER BY version DESC LIMIT 1"
+        );
+        let row = sqlx::query(SQL).bind(account_id).fetch_optional(&mut *self.tx).await?;
+        row.as_ref().map(history_row).transpose()
+    }
+
+    /// Inserts or replaces summary rows.
+    pub async fn upsert_accounts(&mut self, rows: &[AccountRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO account_summary ({}) VALUES {} ON CONFLICT (account_id) DO UPDATE SET \
+                 owner = excluded.owner, balance = excluded.balance, status = excluded.status, \
+                 version = excluded.version, position = excluded.position, \
+                 opened_at_us = excluded.opened_at_us, updated_at_us = excluded.updated_at_us",
+                account_columns!(),
+                placeholders(chunk.len(), 8)
+            );
+            // Dynamic only in the number of placeholders.
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.account_id.clone())
+                    .bind(row.owner.clone())
+                    .bind(row.balance)
+                    .bind(row.status.as_str())
+                    .bind(to_i64(row.version))
+                    .bind(to_i64(row.position))
+                    .bind(row.opened_at_us)
+                    .bind(row.updated_at_us);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends history rows.
+    pub async fn insert_history(&mut self, rows: &[HistoryRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql =
+                format!("INSERT INTO account_history ({}) VALUES {}", history_columns!(), placeholders(chunk.len(), 7));
+            // Dynamic only in the number of placeholders.
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.account_id.clone())
+                    .bind(to_i64(row.version))
+                    .bind(to_i64(row.position))
+                    .bind(row.kind.as_str())
+                    .bind(row.amount)
+                    .bind(row.balance_after)
+                    .bind(row.occurred_at_us);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets an event aside (idempotent: a dead letter is recorded once).
+    pub async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dead_letters (position, subject, event_type, reason, headers, payload, dead_lettered_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (position) DO NOTHING",
+        )
+        .bind(to_i64(letter.position))
+        .bind(letter.subject.clone())
+        .bind(letter.event_type.clone())
+        .bind(letter.reason.clone())
+        .bind(letter.headers.clone())
+        .bind(letter.payload.clone())
+        .bind(letter.dead_lettered_at_us)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes the advanced checkpoints and commits. Fails (and rolls back)
+    /// if another writer moved a checkpoint since [`ReadStore::begin`].
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        for projection in Projection::ALL {
+            let (old, new) = (self.original.get(projection), self.checkpoints.get(projection));
+            if old == new {
+                continue;
+            }
+            let updated =
+                sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE projection = $2 AND position = $3")
+                    .bind(to_i64(new))
+                    .bind(projection.name())
+                    .bind(to_i64(old))
+                    .execute(&mut *self.tx)
+                    .await?;
+            if updated.rows_affected() != 1 {
+                return Err(StoreError::CheckpointMoved(projection.name()));
+            }
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Rows per multi-row statement: well under SQLite's 32,766 parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `columns` columns.
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (1..=columns).map(|column| format!("${}", row * columns + column)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn read_checkpoints<'e, E>(executor: E) -> Result<Checkpoints, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query("SELECT projection, position FROM projection_checkpoints").fetch_all(executor).await?;
+    let mut checkpoints = Checkpoints::default();
+    for row in rows {
+        let name: String = row.try_get("projection")?;
+        if let Ok(projection) = name.parse::<Projection>() {
+            checkpoints.set(projection, to_u64(row.try_get("position")?));
+        }
+    }
+    Ok(checkpoints)
+}
+
+fn account_row(row: &AnyRow) -> Result<AccountRow, StoreError> {
+    Ok(AccountRow {
+        account_id: row.try_get("account_id")?,
+        owner: row.try_get("owner")?,
+        balance: row.try_get("balance")?,
+        status: row.try_get::<String, _>("status")?.parse()?,
+        version: to_u64(row.try_get("version")?),
+        position: to_u64(row.try_get("position")?),
+        opened_at_us: row.try_get("opened_at_us")?,
+        updated_at_us: row.try_get("updated_at_us")?,
+    })
+}
+
+fn history_row(row: &AnyRow) -> Result<HistoryRow, StoreError> {
+    Ok(HistoryRow {
+        account_id: row.try_get("account_id")?,
+        version: to_u64(row.try_get("version")?),
+        position: to_u64(row.try_get("position")?),
+        kind: row.try_get::<String, _>("kind")?.parse()?,
+        amount: row.try_get("amount")?,
+        balance_after: row.try_get("balance_after")?,
+        occurred_at_us: row.try_get("occurred_at_us")?,
+    })
+}
+
+// Versions and positions are u64 in the contract and BIGINT in SQL; they
+// stay far below 2^63 (a stream sequence would need 292 years at 1G/s).
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_rows_then_columns() {
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+
+    #[test]
+    fn projection_names_round_trip() {
+        for projection in Projection::ALL {
+            assert_eq!(projection.name().parse::<Projection>(), Ok(projection));
+        }
+        assert!("nope".parse::<Projection>().is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! The queries: validated parameters in, rows out, after waiting for the
+//! read model to reach `min_position` when one is given.
+
+use std::time::Duration;
+
+use read_model::{AccountRow, HistoryRow, Projection, ReadStore};
+use shared::validation::AccountId;
+
+use crate::{
+    domain::{Page, PageCursor, PageSize, PageTokens},
+    error::QueryError,
+    freshness::Freshness,
+};
+
+/// A page of rows and the token for the next one.
+#[derive(Debug)]
+pub struct Paged<T> {
+    pub rows: Vec<T>,
+    pub next_page_token: Option<String>,
+}
+
+/// How a query's consistency requirement was met.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Consistency {
+    /// How long the query waited for `min_position`; `None` without one.
+    pub waited: Option<Duration>,
+}
+
+/// The read side's queries over one read store.
+pub struct Queries {
+    store: ReadStore,
+    freshness: Freshness,
+    tokens: PageTokens,
+    max_wait: Duration,
+}
+
+impl Queries {
+    pub fn new(store: ReadStore, tokens: PageTokens, max_wait: Duration) -> Self {
+        Self { freshness: Freshness::watch(store.clone()), store, tokens, max_wait }
+    }
+
+    /// Waits (at most the server's maximum or `deadline`) until
+    /// `projection` has applied `min_position`; 0 means "as it is".
+    async fn consistent(
+        &self,
+        projection: Projection,
+        min_position: u64,
+        deadline: Option<Duration>,
+    ) -> Result<Consistency, QueryError> {
+        if min_position == 0 {
+            return Ok(Consistency::default());
+        }
+        let limit = deadline.map_or(self.max_wait, |deadline| deadline.min(self.max_wait));
+        let waited = self.freshness.wait_for(projection, min_position, limit).await.map_err(QueryError::Behind)?;
+        Ok(Consistency { waited: Some(waited) })
+    }
+
+    /// One account.
+    pub async fn account(
+        &self,
+        id: &AccountId,
+        min_position: u64,
+        deadline: Option<Duration>,
+    ) -> Result<(AccountRow, Consistency), QueryError> {
+        let consistency = self.consistent(Projection::AccountSummary, min_position, deadline).await?;
+        let account = self.store.account(id.as_str()).await?.ok_or_else(|| QueryError::NotFound(id.to_string()))?;
+        Ok((account, consistency))
+    }
+
+    /// A page of accounts, ordered by id.
+    pub async fn accounts(
+        &self,
+        owner: Option<String>,
+        size: PageSize,
+        page_token: &str,
+        min_position: u64,
+        deadline: Option<Duration>,
+    ) -> Result<(Paged<AccountRow>, Consistency), QueryError> {
+        let page = Page::Accounts { owner: owner.clone() };
+        let after = match self.cursor(&page, page_token)? {
+            Some(PageCursor::AfterAccount(id)) => Some(id),
+            _ => None,
+        };
+        let consistency = self.consistent(Projection::AccountSummary, min_position, deadline).await?;
+        let mut rows = self.store.accounts(after.as_deref(), owner.as_deref(), size.get() + 1).await?;
+        let next = self.next_page(&page, &mut rows, size, |row| PageCursor::AfterAccount(row.account_id.clone()));
+        Ok((Paged { rows, next_page_token: next }, consistency))
+    }
+
+    /// A page of one account's history, in version order.
+    pub async fn history(
+        &self,
+        id: &AccountId,
+        size: PageSize,
+        page_token: &str,
+        min_position: u64,
+        deadline: Option<Duration>,
+    ) -> Result<(Paged<HistoryRow>, Consistency), QueryError> {
+        let page = Page::History { account_id: id.to_string() };
+        let after = match self.cursor(&page, page_token)? {
+            Some(PageCursor::AfterVersion(version)) => version,
+            _ => 0,
+        };
+        let consistency = self.consistent(Projection::AccountHistory, min_position, deadline).await?;
+        let mut rows = self.store.history(id.as_str(), after, size.get() + 1).await?;
+        if rows.is_empty() && after == 0 {
+            return Err(QueryError::NotFound(id.to_string()));
+        }
+        let next = self.next_page(&page, &mut rows, size, |row| PageCursor::AfterVersion(row.version));
+        Ok((Paged { rows, next_page_token: next }, consistency))
+    }
+
+    fn cursor(&self, page: &Page, token: &str) -> Result<Option<PageCursor>, QueryError> {
+        if token.is_empty() { Ok(None) } else { Ok(Some(self.tokens.check(page, token)?)) }
+    }
+
+    /// Trims the extra row fetched to learn whether there is a next page,
+    /// and issues the token that continues after the last row kept.
+    fn next_page<T>(
+        &self,
+        page: &Page,
+        rows: &mut Vec<T>,
+        size: PageSize,
+        cursor: impl Fn(&T) -> PageCursor,
+    ) -> Option<String> {
+        if rows.len() <= size.get() as usize {
+            return None;
+        }
+        rows.truncate(size.get() as usize);
+        rows.last().map(|last| self.tokens.issue(page, &cursor(last)))
+    }
+}

@@ -1,0 +1,114 @@
+//! Wiring: binds the listener, connects to the read store in the
+//! background, and serves gRPC (queries, health, reflection) until shutdown.
+//! Health is NOT_SERVING until the read store is connected and migrated.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use read_model::ReadStore;
+use shared::{
+    grpc_server::{self, Drain},
+    grpc_telemetry::GrpcServerTelemetryLayer,
+};
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{app::Queries, config::Config, domain::PageTokens, grpc::QueryService};
+
+/// The name health checks use for this service.
+pub const SERVICE_NAME: &str = "bank.v1.AccountQueryService";
+
+/// Why the service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A bound, not yet running read-service.
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.listen_addr, source })?;
+        Ok(Self { listener, config })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen_addr)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self { listener, config } = self;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        grpc_server::set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await;
+
+        let service = QueryService::default();
+        let connector = tokio::spawn(connect(config.clone(), service.queries_slot(), reporter.clone()));
+        let (reflection_v1, reflection_v1alpha) = grpc_server::reflection()?;
+        let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
+        tracing::info!(addr = %config.listen_addr, "read-service listening");
+        let server = Server::builder()
+            .layer(GrpcServerTelemetryLayer::new("read"))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service.into_server().max_decoding_message_size(config.max_request_bytes))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        let result = drain.run(server).await.map_err(StartupError::from);
+        connector.abort();
+        tracing::info!("read-service stopped");
+        result
+    }
+}
+
+/// Connects to the read store, retrying, then reports SERVING.
+async fn connect(config: Config, slot: Arc<std::sync::OnceLock<Queries>>, reporter: HealthReporter) {
+    let mut backoff = Duration::from_millis(200);
+    let store = loop {
+        match ReadStore::connect(&config.read_store_url, config.read_store_max_connections).await {
+            Ok(store) => break store,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot reach the read store yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let secret = match &config.page_token_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => {
+            tracing::warn!("PAGE_TOKEN_SECRET is not set: page tokens only work on this replica until it restarts");
+            random_secret()
+        }
+    };
+    let _ = slot.set(Queries::new(store, PageTokens::new(&secret), config.max_consistency_wait));
+    grpc_server::set_health(&reporter, SERVICE_NAME, ServingStatus::Serving).await;
+}
+
+fn random_secret() -> Vec<u8> {
+    use ring::rand::SecureRandom;
+    let mut secret = vec![0; 32];
+    // The system RNG does not fail on supported platforms; a zero secret
+    // would still only affect page-token integrity, never data.
+    let _ = ring::rand::SystemRandom::new().fill(&mut secret);
+    secret
+}

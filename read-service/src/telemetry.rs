@@ -1,0 +1,145 @@
+//! The read side's own telemetry: the `query.<Type>` span and the query
+//! metrics (`cqrs.query.duration`, `cqrs.query.total`,
+//! `cqrs.query.result_size`, `cqrs.query.consistency_wait`). The SERVER
+//! span and `rpc.server.call.duration` come from `shared::grpc_telemetry`.
+
+use std::time::Instant;
+
+use opentelemetry::{
+    Context, KeyValue, global,
+    metrics::{Counter, Histogram},
+    trace::{SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
+};
+use opentelemetry_semantic_conventions::attribute as semconv;
+use shared::grpc_telemetry::{CQRS_SIDE, code_name};
+
+use crate::{app::Consistency, error::QueryError};
+
+const SIDE: &str = "read";
+
+/// Histogram boundaries in milliseconds: sub-millisecond to 10 s.
+const MILLISECONDS_BOUNDARIES: [f64; 16] =
+    [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+/// Result-size boundaries (rows).
+const SIZE_BOUNDARIES: [f64; 9] = [0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0];
+
+/// The three queries, as named in spans and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryType {
+    GetAccount,
+    ListAccounts,
+    GetAccountHistory,
+}
+
+impl QueryType {
+    fn name(self) -> &'static str {
+        match self {
+            Self::GetAccount => "GetAccount",
+            Self::ListAccounts => "ListAccounts",
+            Self::GetAccountHistory => "GetAccountHistory",
+        }
+    }
+
+    fn span_name(self) -> &'static str {
+        match self {
+            Self::GetAccount => "query.GetAccount",
+            Self::ListAccounts => "query.ListAccounts",
+            Self::GetAccountHistory => "query.GetAccountHistory",
+        }
+    }
+}
+
+/// Instruments for queries.
+pub struct QueryTelemetry {
+    tracer: global::BoxedTracer,
+    duration: Histogram<f64>,
+    total: Counter<u64>,
+    result_size: Histogram<u64>,
+    consistency_wait: Histogram<f64>,
+}
+
+impl Default for QueryTelemetry {
+    fn default() -> Self {
+        let meter = global::meter("read-service");
+        Self {
+            tracer: global::tracer("read-service"),
+            duration: meter
+                .f64_histogram("cqrs.query.duration")
+                .with_unit("ms")
+                .with_description("Time to answer a query, consistency wait included")
+                .with_boundaries(MILLISECONDS_BOUNDARIES.to_vec())
+                .build(),
+            total: meter.u64_counter("cqrs.query.total").with_description("Queries answered").build(),
+            result_size: meter
+                .u64_histogram("cqrs.query.result_size")
+                .with_description("Rows a query returned")
+                .with_boundaries(SIZE_BOUNDARIES.to_vec())
+                .build(),
+            consistency_wait: meter
+                .f64_histogram("cqrs.query.consistency_wait")
+                .with_unit("ms")
+                .with_description("Time queries with min_position waited for the read model (read-your-writes)")
+                .with_boundaries(MILLISECONDS_BOUNDARIES.to_vec())
+                .build(),
+        }
+    }
+}
+
+impl QueryTelemetry {
+    /// Starts the `query.<Type>` span as a child of the SERVER span.
+    pub fn start(&self, query: QueryType) -> (Context, Instant) {
+        let span = self
+            .tracer
+            .span_builder(query.span_name())
+            .with_kind(SpanKind::Internal)
+            .with_attributes([KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("cqrs.query.type", query.name())])
+            .start(&self.tracer);
+        (Context::current_with_span(span), Instant::now())
+    }
+
+    /// Records the query's outcome on its span and in the metrics.
+    pub fn finish(
+        &self,
+        query: QueryType,
+        cx: &Context,
+        started: Instant,
+        outcome: Result<(usize, Consistency), &QueryError>,
+    ) {
+        let span = cx.span();
+        let mut attributes = vec![KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("query.type", query.name())];
+        match outcome {
+            Ok((count, consistency)) => {
+                span.set_attribute(KeyValue::new("cqrs.query.result_count", count as i64));
+                if let Some(waited) = consistency.waited {
+                    let waited_ms = waited.as_secs_f64() * 1000.0;
+                    span.set_attribute(KeyValue::new("cqrs.query.consistency_wait_ms", waited_ms));
+                    self.consistency_wait.record(
+                        waited_ms,
+                        &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("query.type", query.name())],
+                    );
+                }
+                self.result_size
+                    .record(count as u64, &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("query.type", query.name())]);
+                attributes.push(KeyValue::new("query.status", "success"));
+            }
+            Err(error) => {
+                let code = code_name(error.code());
+                if let QueryError::Behind(behind) = error {
+                    span.set_attribute(KeyValue::new(
+                        "cqrs.query.consistency_wait_ms",
+                        behind.waited.as_secs_f64() * 1000.0,
+                    ));
+                }
+                span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, code));
+                span.record_error(error);
+                span.set_status(SpanStatus::error(error.to_string()));
+                attributes.push(KeyValue::new("query.status", "error"));
+                attributes.push(KeyValue::new(semconv::ERROR_TYPE, code));
+            }
+        }
+        span.end();
+        self.duration.record(started.elapsed().as_secs_f64() * 1000.0, &attributes);
+        self.total.add(1, &attributes);
+    }
+}

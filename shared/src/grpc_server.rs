@@ -1,0 +1,83 @@
+//! What every gRPC server here does the same way: reflection (v1 and
+//! v1alpha, so every grpcurl works), health reporting for `""` and the
+//! service's own name, and a bounded drain on shutdown.
+
+use std::{future::Future, time::Duration};
+
+use tokio::sync::oneshot;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_reflection::server::{
+    Builder, Error,
+    v1::{ServerReflection as ReflectionV1, ServerReflectionServer as ReflectionV1Server},
+    v1alpha::{ServerReflection as ReflectionV1Alpha, ServerReflectionServer as ReflectionV1AlphaServer},
+};
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// Reflection over `bank.v1` and `grpc.health.v1`: v1 for current clients,
+/// v1alpha for older ones (grpcurl < 1.9).
+pub fn reflection()
+-> Result<(ReflectionV1Server<impl ReflectionV1>, ReflectionV1AlphaServer<impl ReflectionV1Alpha>), Error> {
+    let builder = || {
+        Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// Sets the health of the server (`""`) and of `service` together.
+pub async fn set_health(reporter: &HealthReporter, service: &str, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(service, status).await;
+}
+
+/// The pieces of a graceful, bounded shutdown: pass `signal` to tonic's
+/// `serve_with_incoming_shutdown` and the server's future to
+/// [`Drain::run`]. On `shutdown`, health turns NOT_SERVING, tonic stops
+/// accepting and drains in-flight calls; after `grace` it is stopped anyway.
+pub struct Drain {
+    draining: oneshot::Receiver<()>,
+    grace: Duration,
+}
+
+impl Drain {
+    /// Returns the drain and the signal future to hand to tonic.
+    pub fn new(
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        reporter: HealthReporter,
+        service: &'static str,
+        grace: Duration,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (draining_tx, draining) = oneshot::channel();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("draining in-flight requests");
+            set_health(&reporter, service, ServingStatus::NotServing).await;
+            let _ = draining_tx.send(());
+        };
+        (Self { draining, grace }, signal)
+    }
+
+    /// Runs `server` until it stops by itself or the grace after the
+    /// shutdown signal runs out.
+    pub async fn run(
+        self,
+        server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    ) -> Result<(), tonic::transport::Error> {
+        let Self { draining, grace } = self;
+        let deadline = async move {
+            if draining.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result,
+            () = deadline => {
+                tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace; stopping anyway");
+                Ok(())
+            }
+        }
+    }
+}
