@@ -10,11 +10,18 @@
 
 use std::time::Duration;
 
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{KeyValue, global};
 use opentelemetry_otlp::{RetryPolicy, WithTonicConfig};
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
 use opentelemetry_semantic_conventions::resource::{SERVICE_INSTANCE_ID, SERVICE_VERSION};
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 /// Why telemetry could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +54,11 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
         return Ok(TelemetryGuard { tracer_provider: Some(tracer_provider), meter_provider: None });
     }
     let resource = resource(service_name, service_version);
+    if let Ok(protocol) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
+        && protocol != "grpc"
+    {
+        tracing::warn!(%protocol, "only OTLP over gRPC is built in; exporting with grpc");
+    }
 
     // Bounded retries: with no collector running, shutdown must stay quick.
     let retries = RetryPolicy::recommended().with_max_retries(1);
@@ -66,18 +78,50 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
 }
 
 /// Installs only the log subscriber (`RUST_LOG`); `init` calls it too.
+/// Each line written inside a span carries its `trace_id` and `span_id`.
 pub fn init_logs() -> Result<(), TelemetryError> {
-    // The exporters' own transport must not log (or trace) itself at info.
+    // The exporters' own transport must not log (or trace) itself at info;
+    // the SDK's own warnings (e.g. a failed export, once per batch) stay.
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| {
-            EnvFilter::try_new("info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,opentelemetry=warn")
+            EnvFilter::try_new(
+                "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,\
+                 opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn",
+            )
         })
         .map_err(|e| TelemetryError::Logs(e.to_string()))?;
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .with(tracing_subscriber::fmt::layer().event_format(WithTraceIds(tracing_subscriber::fmt::format())))
         .try_init()
         .map_err(|e| TelemetryError::Logs(e.to_string()))
+}
+
+/// Prefixes a log line with the ids of the OpenTelemetry span it was
+/// written in (the hot-path spans are OpenTelemetry spans, not `tracing`
+/// spans, so the fmt layer cannot see them by itself).
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let span_context = span.span_context();
+        if span_context.is_valid() {
+            write!(writer, "trace_id={} span_id={} ", span_context.trace_id(), span_context.span_id())?;
+        }
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 fn sdk_disabled() -> bool {

@@ -1,12 +1,14 @@
 //! Test support: a private `nats-server` with JetStream per test, on a free
 //! port with its own store, that a test can kill (SIGKILL) and restart on
-//! the same port and store; and helpers to wait for effects with a deadline
-//! instead of sleeping.
+//! the same port and store; a real OTLP receiver ([`otlp`]); and helpers to
+//! wait for effects with a deadline instead of sleeping.
 //!
 //! The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`, else
 //! Debian's `/usr/sbin/nats-server`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: fail loudly
+
+pub mod otlp;
 
 use std::{
     future::Future,

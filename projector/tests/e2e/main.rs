@@ -11,3 +11,4 @@ mod poison;
 mod queries;
 mod rebuild;
 mod run_local;
+mod telemetry;

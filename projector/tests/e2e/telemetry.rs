@@ -1,0 +1,255 @@
+//! The telemetry contract, against a real OTLP/gRPC receiver: the three
+//! binaries export to it, and this test reads back the trace of one deposit
+//! across the broker and every metric with its unit and attribute keys.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+
+use opentelemetry_proto::tonic::{
+    common::v1::any_value::Value,
+    metrics::v1::{NumberDataPoint, metric::Data},
+    trace::v1::{Span, span::SpanKind, status::StatusCode},
+};
+use shared::proto::bank::v1 as pb;
+use testkit::{
+    NatsServer, free_port,
+    otlp::{OtlpReceiver, ReceivedSpan, attribute, string_attribute},
+};
+use tokio::process::{Child, Command};
+use tonic::{Code, IntoRequest, metadata::MetadataValue};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::*;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const QUERY_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// A sibling binary of the projector's in the same target folder (built by
+/// `cargo test --workspace`).
+fn binary(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_projector")).with_file_name(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` (or the test script) first", path.display());
+    path
+}
+
+fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
+    Command::new(binary(name))
+        .env("LISTEN_ADDR", addr.to_string())
+        .env("EVENT_STREAM", STREAM)
+        .env("EVENT_SUBJECT_PREFIX", PREFIX)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn stop(mut child: Child) {
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits on SIGTERM").unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attr(span: &Span, key: &str) -> Option<Value> {
+    attribute(&span.attributes, key)
+}
+
+fn text(span: &Span, key: &str) -> String {
+    string_attribute(&span.attributes, key).unwrap_or_else(|| panic!("span {} has no string {key}", span.name))
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str, trace: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| s.service == service && s.span.name == name && hex(&s.span.trace_id) == trace)
+        .map(|s| &s.span)
+        .unwrap_or_else(|| panic!("no span {name} from {service} in trace {trace}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_across_the_broker_and_every_metric_reach_the_collector() {
+    let receiver = OtlpReceiver::start().await;
+    let nats = NatsServer::start().await;
+    let store = Store::sqlite();
+    let env = vec![
+        ("NATS_URL", nats.url()),
+        ("READ_STORE_URL", store.url()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let [write_addr, projector_addr, read_addr] = [0; 3].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let write = spawn("write-service", write_addr, &env);
+    wait_for_health(write_addr, ServingStatus::Serving).await;
+    let projector = spawn("projector", projector_addr, &env);
+    let read = spawn("read-service", read_addr, &env);
+    wait_for_health(projector_addr, ServingStatus::Serving).await;
+    wait_for_health(read_addr, ServingStatus::Serving).await;
+
+    let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
+    let mut queries = pb::account_query_service_client::AccountQueryServiceClient::new(channel(read_addr));
+    let open = pb::OpenAccountRequest { account_id: "traced".into(), owner: "Ada".into(), command_id: String::new() };
+    commands.open_account(open).await.unwrap();
+    let mut deposit = pb::DepositFundsRequest {
+        account_id: "traced".into(),
+        amount: 100,
+        command_id: String::new(),
+        expected_version: None,
+    }
+    .into_request();
+    let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    deposit.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
+    let deposited = commands.deposit_funds(deposit).await.unwrap().into_inner();
+    // A refused command (an error by business rule, not by the server).
+    let overdraw = pb::WithdrawFundsRequest {
+        account_id: "traced".into(),
+        amount: 1_000,
+        command_id: String::new(),
+        expected_version: None,
+    };
+    assert_eq!(commands.withdraw_funds(overdraw).await.unwrap_err().code(), Code::FailedPrecondition);
+
+    let mut get =
+        pb::GetAccountRequest { account_id: "traced".into(), min_position: deposited.position }.into_request();
+    let query_parent = format!("00-{QUERY_TRACE}-{CLIENT_SPAN}-01");
+    get.metadata_mut().insert("traceparent", MetadataValue::try_from(query_parent.as_str()).unwrap());
+    assert_eq!(queries.get_account(get).await.unwrap().into_inner().balance, 100);
+    let missing = pb::GetAccountRequest { account_id: "missing".into(), min_position: 0 };
+    assert_eq!(queries.get_account(missing).await.unwrap_err().code(), Code::NotFound);
+    // A malformed trace context is ignored: the call succeeds in a new trace.
+    let mut garbled = pb::ListAccountsRequest::default().into_request();
+    garbled.metadata_mut().insert("traceparent", MetadataValue::from_static("00-xyz-not-a-context-01"));
+    garbled.metadata_mut().insert("baggage", MetadataValue::from_static("==;;"));
+    assert_eq!(queries.list_accounts(garbled).await.unwrap().into_inner().accounts.len(), 1);
+
+    // SIGTERM flushes traces and metrics before exit.
+    tokio::join!(stop(write), stop(projector), stop(read));
+    let spans = receiver.spans();
+
+    // write-service: SERVER -> command.DepositFunds -> PRODUCER, in the client's trace.
+    let server = find(&spans, "write-service", "bank.v1.AccountCommandService/DepositFunds", TRACE);
+    assert_eq!(server.kind(), SpanKind::Server);
+    assert_eq!(hex(&server.parent_span_id), CLIENT_SPAN);
+    assert_eq!(text(server, "rpc.system.name"), "grpc");
+    assert_eq!(text(server, "rpc.method"), "bank.v1.AccountCommandService/DepositFunds");
+    assert_eq!(text(server, "rpc.response.status_code"), "OK");
+    assert_eq!(text(server, "cqrs.side"), "write");
+    let command = find(&spans, "write-service", "command.DepositFunds", TRACE);
+    assert_eq!(command.kind(), SpanKind::Internal);
+    assert_eq!(command.parent_span_id, server.span_id);
+    assert_eq!(text(command, "cqrs.side"), "write");
+    assert_eq!(text(command, "cqrs.command.type"), "DepositFunds");
+    assert_eq!(text(command, "cqrs.aggregate.id"), "traced");
+    assert_eq!(attr(command, "cqrs.events.count"), Some(Value::IntValue(1)));
+    let produced = command.events.iter().find(|e| e.name == "domain_event_produced").expect("span event");
+    assert_eq!(string_attribute(&produced.attributes, "event.type").as_deref(), Some("bank.v1.FundsDeposited"));
+    let producer = find(&spans, "write-service", "publish test.account.*", TRACE);
+    assert_eq!(producer.kind(), SpanKind::Producer);
+    assert_eq!(producer.parent_span_id, command.span_id);
+    assert_eq!(text(producer, "messaging.system"), "nats");
+    assert_eq!(text(producer, "messaging.destination.name"), "test.account.traced");
+    assert_eq!(text(producer, "messaging.operation.type"), "send");
+    assert!(attr(producer, "messaging.message.id").is_some());
+
+    // A business-rule refusal: the command span is an error, the SERVER span is not.
+    let refused = spans.iter().find(|s| s.span.name == "command.WithdrawFunds").expect("withdraw span");
+    assert_eq!(refused.span.status.as_ref().map(|s| s.code()), Some(StatusCode::Error));
+    assert!(refused.span.events.iter().any(|e| e.name == "exception"));
+    let refused_server = spans.iter().find(|s| s.span.span_id == refused.span.parent_span_id).expect("its SERVER span");
+    assert_ne!(refused_server.span.status.as_ref().map(|s| s.code()), Some(StatusCode::Error));
+    assert_eq!(text(&refused_server.span, "rpc.response.status_code"), "FAILED_PRECONDITION");
+
+    // projector: one CONSUMER span per projection, in its own trace, linked to the PRODUCER span.
+    for name in ["projection.account_summary", "projection.account_history"] {
+        let projection = spans
+            .iter()
+            .map(|s| &s.span)
+            .find(|s| s.name == name && s.links.iter().any(|l| l.span_id == producer.span_id))
+            .unwrap_or_else(|| panic!("no {name} span linked to the producer"));
+        assert_eq!(projection.kind(), SpanKind::Consumer);
+        assert_ne!(hex(&projection.trace_id), TRACE, "a link, not a parent");
+        assert!(projection.parent_span_id.is_empty());
+        assert_eq!(hex(&projection.links[0].trace_id), TRACE);
+        assert_eq!(text(projection, "cqrs.side"), "projection");
+        assert_eq!(text(projection, "cqrs.event.type"), "bank.v1.FundsDeposited");
+        assert_eq!(text(projection, "cqrs.event.aggregate_id"), "traced");
+        assert_eq!(text(projection, "cqrs.projection.outcome"), "applied");
+        assert_eq!(attr(projection, "cqrs.event.position"), Some(Value::IntValue(deposited.position as i64)));
+        assert!(matches!(attr(projection, "cqrs.projection.lag_ms"), Some(Value::DoubleValue(_))));
+    }
+
+    // read-service: SERVER -> query.GetAccount, in the client's trace.
+    let read_server = find(&spans, "read-service", "bank.v1.AccountQueryService/GetAccount", QUERY_TRACE);
+    assert_eq!(text(read_server, "cqrs.side"), "read");
+    let query = find(&spans, "read-service", "query.GetAccount", QUERY_TRACE);
+    assert_eq!(query.parent_span_id, read_server.span_id);
+    assert_eq!(text(query, "cqrs.query.type"), "GetAccount");
+    assert_eq!(attr(query, "cqrs.query.result_count"), Some(Value::IntValue(1)));
+    assert!(matches!(attr(query, "cqrs.query.consistency_wait_ms"), Some(Value::DoubleValue(_))));
+
+    let list = spans.iter().find(|s| s.span.name == "bank.v1.AccountQueryService/ListAccounts").expect("list span");
+    assert!(list.span.parent_span_id.is_empty(), "a new trace, not a child of garbage");
+    assert_eq!(list.span.trace_id.len(), 16);
+
+    // Resources name the services.
+    for service in ["write-service", "projector", "read-service"] {
+        let resource = &spans.iter().find(|s| s.service == service).expect("spans from every service").resource;
+        assert!(string_attribute(&resource.attributes, "service.version").is_some());
+        assert!(string_attribute(&resource.attributes, "service.instance.id").is_some());
+    }
+
+    // Metrics: name, unit and the attribute keys of their data points.
+    let metrics = receiver.metrics();
+    let check = |service: &str, name: &str, unit: &str, keys: &[&str]| {
+        let found: Vec<_> = metrics.iter().filter(|m| m.service == service && m.metric.name == name).collect();
+        assert!(!found.is_empty(), "{service} exported no {name}");
+        assert_eq!(found[0].metric.unit, unit, "{name}'s unit");
+        let seen: BTreeSet<String> = found.iter().flat_map(|m| attribute_keys(m.metric.data.as_ref())).collect();
+        for key in keys {
+            assert!(seen.contains(*key), "{name} lacks attribute {key}: {seen:?}");
+        }
+    };
+    check(
+        "write-service",
+        "cqrs.command.duration",
+        "ms",
+        &["cqrs.side", "command.type", "command.status", "error.type"],
+    );
+    check("write-service", "cqrs.command.total", "", &["cqrs.side", "command.type", "command.status", "error.type"]);
+    check("write-service", "cqrs.events.produced", "", &["cqrs.side", "command.type"]);
+    check(
+        "write-service",
+        "rpc.server.call.duration",
+        "s",
+        &["rpc.system.name", "rpc.method", "rpc.response.status_code", "cqrs.side"],
+    );
+    check("read-service", "cqrs.query.duration", "ms", &["cqrs.side", "query.type", "query.status", "error.type"]);
+    check("read-service", "cqrs.query.total", "", &["cqrs.side", "query.type", "query.status"]);
+    check("read-service", "cqrs.query.result_size", "", &["cqrs.side", "query.type"]);
+    check("read-service", "cqrs.query.consistency_wait", "ms", &["cqrs.side", "query.type"]);
+    check("read-service", "rpc.server.call.duration", "s", &["rpc.method", "rpc.response.status_code", "cqrs.side"]);
+    check("projector", "cqrs.projection.lag", "ms", &["cqrs.side", "projection.name", "event.type"]);
+    check("projector", "cqrs.projection.events", "", &["cqrs.side", "projection.name", "outcome"]);
+    check("projector", "cqrs.projection.pending", "", &["cqrs.side"]);
+    check("projector", "cqrs.projection.checkpoint", "", &["cqrs.side", "projection.name"]);
+}
+
+fn attribute_keys(data: Option<&Data>) -> Vec<String> {
+    let number = |points: &[NumberDataPoint]| -> Vec<String> {
+        points.iter().flat_map(|p| p.attributes.iter().map(|kv| kv.key.clone())).collect()
+    };
+    match data {
+        Some(Data::Histogram(histogram)) => {
+            histogram.data_points.iter().flat_map(|p| p.attributes.iter().map(|kv| kv.key.clone())).collect()
+        }
+        Some(Data::Sum(sum)) => number(&sum.data_points),
+        Some(Data::Gauge(gauge)) => number(&gauge.data_points),
+        _ => Vec::new(),
+    }
+}
