@@ -35,6 +35,7 @@ use read_model::{AccountRow, Checkpoints, DeadLetter, HistoryRow, Projection, Re
 use shared::{
     event_log::{EventLogArgs, headers},
     propagation,
+    retry::Backoff,
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -386,28 +387,4 @@ pub const SERVICE_NAME: &str = "projector";
 
 pub(crate) async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     shared::grpc_server::set_health(reporter, SERVICE_NAME, status).await;
-}
-
-/// Exponential backoff between retries: 100 ms doubling to 5 s.
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_millis(100))
-    }
-}
-
-impl Backoff {
-    fn current(&self) -> Duration {
-        self.0
-    }
-
-    fn reset(&mut self) {
-        *self = Self::default();
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-    }
 }

@@ -1,11 +1,12 @@
 //! Wiring: the health endpoint, the NATS connection, the read store, and
 //! the projection loop, until shutdown.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use async_nats::jetstream;
 use futures::FutureExt;
 use read_model::ReadStore;
+use shared::retry;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
@@ -25,9 +26,8 @@ pub struct Application {
 impl Application {
     /// Binds the health endpoint's listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Self, ProjectorError> {
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|e| ProjectorError::Health(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        let listener =
+            shared::grpc_server::bind(config.listen_addr).await.map_err(|e| ProjectorError::Health(e.to_string()))?;
         Ok(Self { listener, config })
     }
 
@@ -72,17 +72,7 @@ impl Application {
 /// Connects to NATS and waits until the event stream exists (write-service
 /// creates it), retrying forever: the projector is useless without it.
 pub async fn connect_event_log(config: &Config) -> jetstream::stream::Stream {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match try_connect_event_log(config).await {
-            Ok(stream) => return stream,
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "cannot reach the event log yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    retry::until_ok("the event log", || try_connect_event_log(config)).await
 }
 
 /// Connects to NATS and opens the event stream, once.
@@ -98,15 +88,5 @@ pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream:
 }
 
 async fn connect_store(config: &Config) -> ReadStore {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match ReadStore::connect(&config.read_store_url, 4).await {
-            Ok(store) => return store,
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "cannot reach the read store yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    retry::until_ok("the read store", || ReadStore::connect(&config.read_store_url, 4)).await
 }

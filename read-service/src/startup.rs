@@ -2,12 +2,13 @@
 //! background, and serves gRPC (queries, health, reflection) until shutdown.
 //! Health is NOT_SERVING until the read store is connected and migrated.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use read_model::ReadStore;
 use shared::{
     grpc_server::{self, Drain},
     grpc_telemetry::GrpcServerTelemetryLayer,
+    retry,
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -19,18 +20,7 @@ use crate::{app::Queries, config::Config, domain::PageTokens, grpc::QueryService
 pub const SERVICE_NAME: &str = "bank.v1.AccountQueryService";
 
 /// Why the service could not start or stopped abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    /// The reflection service could not be built from the descriptors.
-    #[error("cannot build gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
-}
+pub use shared::grpc_server::ServeError as StartupError;
 
 /// A bound, not yet running read-service.
 pub struct Application {
@@ -41,9 +31,7 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr: config.listen_addr, source })?;
+        let listener = grpc_server::bind(config.listen_addr).await?;
         Ok(Self { listener, config })
     }
 
@@ -82,17 +70,10 @@ impl Application {
 
 /// Connects to the read store, retrying, then reports SERVING.
 async fn connect(config: Config, slot: Arc<std::sync::OnceLock<Queries>>, reporter: HealthReporter) {
-    let mut backoff = Duration::from_millis(200);
-    let store = loop {
-        match ReadStore::connect(&config.read_store_url, config.read_store_max_connections).await {
-            Ok(store) => break store,
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "cannot reach the read store yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    let store = retry::until_ok("the read store", || {
+        ReadStore::connect(&config.read_store_url, config.read_store_max_connections)
+    })
+    .await;
     let secret = match &config.page_token_secret {
         Some(secret) => secret.as_bytes().to_vec(),
         None => {

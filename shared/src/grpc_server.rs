@@ -2,9 +2,9 @@
 //! v1alpha, so every grpcurl works), health reporting for `""` and the
 //! service's own name, and a bounded drain on shutdown.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
-use tokio::sync::oneshot;
+use tokio::{net::TcpListener, sync::oneshot};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_reflection::server::{
     Builder, Error,
@@ -13,6 +13,25 @@ use tonic_reflection::server::{
 };
 
 use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// Why a gRPC server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
 
 /// Reflection over `bank.v1` and `grpc.health.v1`: v1 for current clients,
 /// v1alpha for older ones (grpcurl < 1.9).

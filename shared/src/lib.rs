@@ -9,6 +9,7 @@ pub mod events;
 pub mod grpc_server;
 pub mod grpc_telemetry;
 pub mod propagation;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validation;

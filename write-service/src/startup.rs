@@ -9,13 +9,13 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, Weak},
-    time::Duration,
 };
 
 use async_nats::Event;
 use shared::{
     grpc_server::{self, Drain},
     grpc_telemetry::GrpcServerTelemetryLayer,
+    retry,
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -32,18 +32,7 @@ use crate::{
 pub const SERVICE_NAME: &str = "bank.v1.AccountCommandService";
 
 /// Why the service could not start or stopped abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    /// The reflection service could not be built from the descriptors.
-    #[error("cannot build gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
-}
+pub use shared::grpc_server::ServeError as StartupError;
 
 /// A bound, not yet running write-service.
 pub struct Application {
@@ -54,9 +43,7 @@ pub struct Application {
 impl Application {
     /// Binds the listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr: config.listen_addr, source })?;
+        let listener = grpc_server::bind(config.listen_addr).await?;
         Ok(Self { listener, config })
     }
 
@@ -136,17 +123,10 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
     };
     let settings =
         StreamSettings { replicas: usize::from(config.stream_replicas), duplicate_window: config.duplicate_window };
-    let mut backoff = Duration::from_millis(200);
-    let log = loop {
-        match EventLog::open(client.clone(), config.event_log.clone(), &settings, config.nats.request_timeout).await {
-            Ok(log) => break log,
-            Err(error) => {
-                tracing::warn!(%error, stream = %config.event_log.stream, retry_in = ?backoff, "cannot open the event log yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    let log = retry::until_ok("the event log", || {
+        EventLog::open(client.clone(), config.event_log.clone(), &settings, config.nats.request_timeout)
+    })
+    .await;
     let Some(accounts) = accounts.upgrade() else { return };
     let connected = log.is_connected();
     accounts.attach(log);

@@ -49,19 +49,24 @@ async fn run_local_brings_up_the_system_and_ctrl_c_stops_it() {
     let write = format!("127.0.0.1:{}", ports[1]);
     let read = format!("127.0.0.1:{}", ports[2]);
     // The write side serves once NATS and the stream are up.
-    eventually(Duration::from_secs(30), "write-service to be SERVING", || {
-        let write = write.clone();
-        async move {
-            let output = tokio::process::Command::new("grpcurl")
-                .args(["-plaintext", "-d", r#"{"service":""}"#, &write, "grpc.health.v1.Health/Check"])
-                .output()
-                .await
-                .unwrap();
-            String::from_utf8_lossy(&output.stdout).contains("SERVING")
-                && !String::from_utf8_lossy(&output.stdout).contains("NOT_SERVING")
-        }
-    })
+    let logs = data.path().join("logs");
+    let serving = tokio::time::timeout(
+        Duration::from_secs(60),
+        eventually(Duration::from_secs(120), "SERVING", || {
+            let write = write.clone();
+            async move {
+                let output = tokio::process::Command::new("grpcurl")
+                    .args(["-plaintext", "-d", r#"{"service":""}"#, &write, "grpc.health.v1.Health/Check"])
+                    .output()
+                    .await
+                    .unwrap();
+                String::from_utf8_lossy(&output.stdout).contains("SERVING")
+                    && !String::from_utf8_lossy(&output.stdout).contains("NOT_SERVING")
+            }
+        }),
+    )
     .await;
+    assert!(serving.is_ok(), "write-service did not become SERVING; logs:\n{}", read_logs(&logs));
     let opened = grpcurl(&[
         "-plaintext",
         "-d",
@@ -95,4 +100,14 @@ async fn run_local_brings_up_the_system_and_ctrl_c_stops_it() {
         })
         .await;
     }
+}
+
+/// Every log file the script wrote, for a failure message.
+fn read_logs(folder: &std::path::Path) -> String {
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        logs.push_str(&format!("--- {}\n{text}\n", entry.path().display()));
+    }
+    logs
 }

@@ -91,3 +91,27 @@ async fn sigterm_drains_in_flight_commands_so_no_ok_is_lost_and_no_error_landed(
     let in_log: Vec<u64> = events(&nats.url()).await.iter().map(|m| m.sequence).collect();
     assert!(ok.iter().all(|reply| in_log.contains(&reply.position)));
 }
+
+#[tokio::test]
+async fn without_a_collector_commands_succeed_and_sigterm_still_exits() {
+    let nats = NatsServer::start().await;
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let env = [
+        ("OTEL_SDK_DISABLED", "false"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", nowhere.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+    ];
+    let mut service = ServiceProcess::spawn_with(&nats.url(), &env).await;
+    for i in 0..20 {
+        let reply = service.client.open_account(open(&format!("acc-{i}"))).await.unwrap().into_inner();
+        assert_eq!(reply.version, 1);
+    }
+    let pid = service.child.id().expect("running").to_string();
+    tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), service.child.wait())
+        .await
+        .expect("flushing to an absent collector must not hang shutdown")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

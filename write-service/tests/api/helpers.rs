@@ -138,6 +138,11 @@ pub(crate) struct ServiceProcess {
 
 impl ServiceProcess {
     pub(crate) async fn spawn(nats_url: &str) -> Self {
+        Self::spawn_with(nats_url, &[]).await
+    }
+
+    /// With extra environment variables (they override the defaults here).
+    pub(crate) async fn spawn_with(nats_url: &str, env: &[(&str, &str)]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_write-service"))
             .env("LISTEN_ADDR", addr.to_string())
@@ -146,6 +151,7 @@ impl ServiceProcess {
             .env("EVENT_SUBJECT_PREFIX", PREFIX)
             .env("OTEL_SDK_DISABLED", "true")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
