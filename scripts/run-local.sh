@@ -25,6 +25,9 @@ if [[ $PROFILE == release ]]; then
   cargo build --release --locked -p write-service -p projector -p read-service
 fi
 bin="target/$PROFILE"
+for binary in write-service projector read-service; do
+  [[ -x $bin/$binary ]] || { echo "run-local: $bin/$binary is missing; build it first (cargo build --workspace)" >&2; exit 1; }
+done
 
 mkdir -p "$DATA_DIR/logs" "$DATA_DIR/nats"
 pids=()

@@ -10,4 +10,7 @@ export PATH="$PATH:/usr/sbin"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests run every service's binary; `cargo test` only builds
+# the binaries of packages that have integration tests of their own.
+cargo build --workspace --locked
 cargo test --workspace --all-targets --locked
