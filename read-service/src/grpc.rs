@@ -87,7 +87,8 @@ impl AccountQueryService for QueryService {
         let request = request.into_inner();
         self.handle(QueryType::ListAccounts, async {
             let size = PageSize::parse(request.page_size)?;
-            let owner = request.owner.map(validate_owner).transpose()?;
+            // An empty filter (as grpcurl sends `"owner": ""`) is no filter.
+            let owner = request.owner.filter(|owner| !owner.is_empty()).map(validate_owner).transpose()?;
             let (page, consistency) =
                 self.queries()?.accounts(owner, size, &request.page_token, request.min_position, deadline).await?;
             let count = page.rows.len();
