@@ -1,6 +1,6 @@
 //! The stack under test and how to talk to it.
 
-use std::{net::SocketAddr, process::Stdio, sync::Once, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, process::Stdio, sync::Once, time::Duration};
 
 use clap::Parser;
 use read_model::ReadStore;
@@ -93,6 +93,24 @@ impl Drop for InProcess {
     }
 }
 
+impl InProcess {
+    /// Spawns `run` (the service, given its shutdown future) and waits
+    /// until the service at `addr` reports SERVING.
+    async fn run<F, Fut>(addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        let service = Self { addr, _stop: stop, task: Some(task) };
+        wait_for_health(addr, ServingStatus::Serving).await;
+        service
+    }
+}
+
 pub(crate) async fn spawn_write_service(nats_url: &str) -> InProcess {
     install_tracer();
     let config = write_service::config::Config::parse_from([
@@ -107,18 +125,7 @@ pub(crate) async fn spawn_write_service(nats_url: &str) -> InProcess {
         PREFIX,
     ]);
     let app = write_service::startup::Application::build(config).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until_stopped(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let service = InProcess { addr, _stop: stop, task: Some(task) };
-    wait_for_health(addr, ServingStatus::Serving).await;
-    service
+    InProcess::run(app.local_addr(), |stopped| async move { app.run_until_stopped(stopped).await.unwrap() }).await
 }
 
 pub(crate) async fn spawn_read_service(store_url: &str, extra: &[&str]) -> InProcess {
@@ -127,18 +134,7 @@ pub(crate) async fn spawn_read_service(store_url: &str, extra: &[&str]) -> InPro
     args.extend_from_slice(extra);
     let config = read_service::config::Config::parse_from(args);
     let app = read_service::startup::Application::build(config).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until_stopped(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let service = InProcess { addr, _stop: stop, task: Some(task) };
-    wait_for_health(addr, ServingStatus::Serving).await;
-    service
+    InProcess::run(app.local_addr(), |stopped| async move { app.run_until_stopped(stopped).await.unwrap() }).await
 }
 
 /// The projector binary.
