@@ -109,12 +109,13 @@ impl Projector {
     pub async fn apply(&self, messages: &[Delivered], projections: &[Projection]) -> Result<BatchReport, StoreError> {
         let started = std::time::SystemTime::now();
         let mut batch = self.store.begin().await?;
-        let mut summaries: HashMap<String, Option<AccountRow>> = HashMap::new();
         let mut changed_summaries: HashSet<String> = HashSet::new();
-        let mut histories: HashMap<String, Option<HistoryRow>> = HashMap::new();
         let mut new_history: Vec<HistoryRow> = Vec::new();
         let mut report = BatchReport::default();
 
+        // First pass: order checks and decoding, so that the rows of every
+        // account in the batch can be loaded with a few queries.
+        let mut prepared: Vec<(&Delivered, Vec<Projection>, Result<EventRecord, String>)> = Vec::new();
         'messages: for message in messages {
             let checkpoints = batch.checkpoints();
             let due: Vec<Projection> =
@@ -126,7 +127,42 @@ impl Projector {
                     break 'messages;
                 }
             }
-            report.handled += 1;
+            let record = EventRecord::read(
+                message.position,
+                &message.subject,
+                &self.names.subject_prefix,
+                |name| message.header(name),
+                &message.payload,
+            )
+            .map_err(|error| error.to_string());
+            for projection in &due {
+                batch.advance(*projection, message.position);
+            }
+            prepared.push((message, due, record));
+        }
+        report.handled = prepared.len();
+        let ids_due = |projection: Projection| -> Vec<String> {
+            let ids: HashSet<&String> = prepared
+                .iter()
+                .filter(|(_, due, _)| due.contains(&projection))
+                .filter_map(|(_, _, record)| record.as_ref().ok().map(|r| &r.account_id))
+                .collect();
+            ids.into_iter().cloned().collect()
+        };
+        let (summary_ids, history_ids) = (ids_due(Projection::AccountSummary), ids_due(Projection::AccountHistory));
+        let mut summaries: HashMap<String, Option<AccountRow>> =
+            summary_ids.iter().map(|id| (id.clone(), None)).collect();
+        for row in batch.accounts(&summary_ids).await? {
+            summaries.insert(row.account_id.clone(), Some(row));
+        }
+        let mut histories: HashMap<String, Option<HistoryRow>> =
+            history_ids.iter().map(|id| (id.clone(), None)).collect();
+        for row in batch.last_histories(&history_ids).await? {
+            histories.insert(row.account_id.clone(), Some(row));
+        }
+
+        // Second pass: fold, in log order.
+        for (message, due, record) in prepared {
             let mut handled = Handled {
                 position: message.position,
                 subject: message.subject.clone(),
@@ -141,57 +177,33 @@ impl Projector {
                 report.events.push(handled);
                 continue;
             }
-
-            let applied = match EventRecord::read(
-                message.position,
-                &message.subject,
-                &self.names.subject_prefix,
-                |name| message.header(name),
-                &message.payload,
-            ) {
-                Err(error) => Err(error.to_string()),
-                Ok(record) => {
-                    handled.account_id = Some(record.account_id.clone());
-                    handled.occurred_at_us = Some(record.occurred_at_us);
-                    let id = record.account_id.clone();
-                    let mut summary = None;
-                    let mut history = None;
-                    for projection in &due {
-                        match projection {
-                            Projection::AccountSummary => {
-                                if !summaries.contains_key(&id) {
-                                    summaries.insert(id.clone(), batch.account(&id).await?);
-                                }
-                                let current = summaries.get(&id).and_then(Option::as_ref);
-                                summary = Some(projections::account_summary(current, &record));
-                            }
-                            Projection::AccountHistory => {
-                                if !histories.contains_key(&id) {
-                                    histories.insert(id.clone(), batch.last_history(&id).await?);
-                                }
-                                let previous = histories.get(&id).and_then(Option::as_ref);
-                                history = Some(projections::account_history(previous, &record));
-                            }
+            let applied = record.and_then(|record| {
+                handled.account_id = Some(record.account_id.clone());
+                handled.occurred_at_us = Some(record.occurred_at_us);
+                let id = &record.account_id;
+                let summary = due
+                    .contains(&Projection::AccountSummary)
+                    .then(|| projections::account_summary(summaries.get(id).and_then(Option::as_ref), &record));
+                let history = due
+                    .contains(&Projection::AccountHistory)
+                    .then(|| projections::account_history(histories.get(id).and_then(Option::as_ref), &record));
+                // All or nothing: an event one projection refuses is set
+                // aside for every projection that was due.
+                match (summary.transpose(), history.transpose()) {
+                    (Ok(summary), Ok(history)) => {
+                        if let Some(row) = summary {
+                            changed_summaries.insert(id.clone());
+                            summaries.insert(id.clone(), Some(row));
                         }
-                    }
-                    // All or nothing: an event one projection refuses is
-                    // set aside for every projection that was due.
-                    match (summary.transpose(), history.transpose()) {
-                        (Ok(summary), Ok(history)) => {
-                            if let Some(row) = summary {
-                                changed_summaries.insert(id.clone());
-                                summaries.insert(id.clone(), Some(row));
-                            }
-                            if let Some(row) = history {
-                                histories.insert(id.clone(), Some(row.clone()));
-                                new_history.push(row);
-                            }
-                            Ok(())
+                        if let Some(row) = history {
+                            histories.insert(id.clone(), Some(row.clone()));
+                            new_history.push(row);
                         }
-                        (Err(error), _) | (_, Err(error)) => Err(error.to_string()),
+                        Ok(())
                     }
+                    (Err(error), _) | (_, Err(error)) => Err(error.to_string()),
                 }
-            };
+            });
             let outcome = match applied {
                 Ok(()) => Outcome::Applied,
                 Err(reason) => {
@@ -203,9 +215,6 @@ impl Projector {
             for projection in projections {
                 let outcome = if due.contains(projection) { outcome.clone() } else { Outcome::DuplicateSkipped };
                 handled.outcomes.push((*projection, outcome));
-            }
-            for projection in &due {
-                batch.advance(*projection, message.position);
             }
             report.events.push(handled);
         }

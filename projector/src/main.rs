@@ -55,11 +55,12 @@ async fn run_rebuild(config: projector::config::Config, projection: Option<Proje
     .await?;
     let names: Vec<&str> = report.projections.iter().map(|p| p.name()).collect();
     println!(
-        "rebuilt {}: {} events in {:.2} s ({:.0} events/s)",
+        "rebuilt {}: {} events in {:.2} s ({:.0} events/s, {} transactions)",
         names.join(", "),
         report.events,
         report.elapsed.as_secs_f64(),
-        report.events_per_second()
+        report.events_per_second(),
+        report.batches
     );
     projector.store().close().await;
     Ok(())

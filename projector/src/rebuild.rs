@@ -23,6 +23,8 @@ use crate::{
 pub struct RebuildReport {
     pub projections: Vec<Projection>,
     pub events: u64,
+    /// Transactions it took (events per transaction = events / batches).
+    pub batches: u64,
     pub elapsed: Duration,
 }
 
@@ -58,6 +60,7 @@ pub async fn rebuild(
     let started = Instant::now();
     let reached = |checkpoints: read_model::Checkpoints| projections.iter().map(|p| checkpoints.get(*p)).min();
     let mut position = 0;
+    let mut batches = 0;
     if last > 0 {
         let consumer = stream
             .create_consumer(OrderedConfig { filter_subject, deliver_policy: DeliverPolicy::All, ..Default::default() })
@@ -74,6 +77,7 @@ pub async fn rebuild(
                 }
             }
             let delivered: Vec<Delivered> = batch.iter().map(Delivered::from_message).collect::<Result<_, _>>()?;
+            batches += 1;
             let report = loop {
                 match projector.apply(&delivered, projections).await {
                     Ok(report) => break report,
@@ -92,6 +96,6 @@ pub async fn rebuild(
         }
     }
     progress.finish();
-    let report = RebuildReport { projections: projections.to_vec(), events: last, elapsed: started.elapsed() };
+    let report = RebuildReport { projections: projections.to_vec(), events: last, batches, elapsed: started.elapsed() };
     Ok(report)
 }

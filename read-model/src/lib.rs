@@ -429,22 +429,50 @@ impl ProjectionBatch {
         self.checkpoints.set(projection, position);
     }
 
-    /// The account's summary row, as of this batch.
-    pub async fn account(&mut self, account_id: &str) -> Result<Option<AccountRow>, StoreError> {
-        const SQL: &str = concat!("SELECT ", account_columns!(), " FROM account_summary WHERE account_id = $1");
-        let row = sqlx::query(SQL).bind(account_id).fetch_optional(&mut *self.tx).await?;
-        row.as_ref().map(account_row).transpose()
+    /// The summary rows of `account_ids` (those that exist), as of this
+    /// batch: one query per 500 ids rather than one per account.
+    pub async fn accounts(&mut self, account_ids: &[String]) -> Result<Vec<AccountRow>, StoreError> {
+        let mut found = Vec::with_capacity(account_ids.len());
+        for chunk in account_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT {} FROM account_summary WHERE account_id IN ({})",
+                account_columns!(),
+                list_placeholders(chunk.len())
+            );
+            // Dynamic only in the number of placeholders.
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                found.push(account_row(&row)?);
+            }
+        }
+        Ok(found)
     }
 
-    /// The account's latest history row, as of this batch.
-    pub async fn last_history(&mut self, account_id: &str) -> Result<Option<HistoryRow>, StoreError> {
-        const SQL: &str = concat!(
-            "SELECT ",
-            history_columns!(),
-            " FROM account_history WHERE account_id = $1 ORDER BY version DESC LIMIT 1"
-        );
-        let row = sqlx::query(SQL).bind(account_id).fetch_optional(&mut *self.tx).await?;
-        row.as_ref().map(history_row).transpose()
+    /// The latest history row of each of `account_ids` (those that have
+    /// one), as of this batch.
+    pub async fn last_histories(&mut self, account_ids: &[String]) -> Result<Vec<HistoryRow>, StoreError> {
+        let mut found = Vec::with_capacity(account_ids.len());
+        for chunk in account_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT h.account_id, h.version, h.position, h.kind, h.amount, h.balance_after, h.occurred_at_us \
+                 FROM account_history h JOIN (SELECT account_id, MAX(version) AS version FROM account_history \
+                 WHERE account_id IN ({}) GROUP BY account_id) latest \
+                 ON h.account_id = latest.account_id AND h.version = latest.version",
+                list_placeholders(chunk.len())
+            );
+            // Dynamic only in the number of placeholders.
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                found.push(history_row(&row)?);
+            }
+        }
+        Ok(found)
     }
 
     /// Inserts or replaces summary rows.
@@ -542,6 +570,11 @@ impl ProjectionBatch {
 
 /// Rows per multi-row statement: well under SQLite's 32,766 parameters.
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// `$1, $2, $3` for `count` values.
+fn list_placeholders(count: usize) -> String {
+    (1..=count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `columns` columns.
 fn placeholders(rows: usize, columns: usize) -> String {

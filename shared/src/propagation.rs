@@ -24,6 +24,11 @@ pub fn extract_from_http(headers: &http::HeaderMap) -> Context {
     PROPAGATOR.extract(&opentelemetry_http::HeaderExtractor(headers))
 }
 
+/// Writes `cx` into a gRPC request's metadata (what a client sends).
+pub fn inject_into_grpc(cx: &Context, metadata: &mut tonic::metadata::MetadataMap) {
+    PROPAGATOR.inject_context(cx, &mut GrpcMetadataInjector(metadata));
+}
+
 /// Writes `cx` into NATS message headers (`traceparent`, `tracestate`, `baggage`).
 pub fn inject_into_nats(cx: &Context, headers: &mut async_nats::HeaderMap) {
     PROPAGATOR.inject_context(cx, &mut NatsHeaderInjector(headers));
@@ -32,6 +37,18 @@ pub fn inject_into_nats(cx: &Context, headers: &mut async_nats::HeaderMap) {
 /// The context a NATS message carries (see [`extract_from_http`]).
 pub fn extract_from_nats(headers: &async_nats::HeaderMap) -> Context {
     PROPAGATOR.extract(&NatsHeaderExtractor(headers))
+}
+
+struct GrpcMetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for GrpcMetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) =
+            (tonic::metadata::MetadataKey::from_bytes(key.as_bytes()), tonic::metadata::MetadataValue::try_from(value))
+        {
+            self.0.insert(key, value);
+        }
+    }
 }
 
 struct NatsHeaderInjector<'a>(&'a mut async_nats::HeaderMap);
