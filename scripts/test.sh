@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$PATH:/usr/sbin"
 
+# The PostgreSQL tests create a fresh read_model_<uuid> database each; drop
+# those earlier runs left behind.
+if command -v psql >/dev/null; then
+  psql -h 127.0.0.1 -U postgres -d test -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'read\_model\_%'" 2>/dev/null |
+    while read -r database; do psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE \"$database\"" || true; done
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run every service's binary; `cargo test` only builds

@@ -92,7 +92,11 @@ pub fn init_logs() -> Result<(), TelemetryError> {
         .map_err(|e| TelemetryError::Logs(e.to_string()))?;
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().event_format(WithTraceIds(tracing_subscriber::fmt::format())))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .event_format(WithTraceIds(tracing_subscriber::fmt::format())),
+        )
         .try_init()
         .map_err(|e| TelemetryError::Logs(e.to_string()))
 }
