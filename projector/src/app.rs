@@ -299,12 +299,14 @@ impl Projector {
                     }
                 }
                 let delivered: Vec<Delivered> = batch.iter().map(Delivered::from_message).collect::<Result<_, _>>()?;
+                let mut failed = false;
                 let report = loop {
                     match self.apply(&delivered, &Projection::ALL).await {
                         Ok(report) => break report,
                         Err(error) => {
                             tracing::warn!(%error, retry_in = ?backoff.current(), "applying a batch failed; retrying it");
                             set_health(&health, ServingStatus::NotServing).await;
+                            failed = true;
                             // Keep JetStream from redelivering while we retry.
                             for message in &batch {
                                 let _ = message.ack_with(AckKind::Progress).await;
@@ -313,8 +315,10 @@ impl Projector {
                         }
                     }
                 };
-                backoff.reset();
-                set_health(&health, ServingStatus::Serving).await;
+                if failed {
+                    backoff.reset();
+                    set_health(&health, ServingStatus::Serving).await;
+                }
                 for message in &batch[..report.handled] {
                     if let Err(error) = message.ack().await {
                         // Not fatal: a redelivery is skipped by the checkpoint.

@@ -58,7 +58,6 @@ pub async fn rebuild(
     progress.set_message(projections.iter().map(|p| p.name()).collect::<Vec<_>>().join("+"));
 
     let started = Instant::now();
-    let reached = |checkpoints: read_model::Checkpoints| projections.iter().map(|p| checkpoints.get(*p)).min();
     let mut position = 0;
     let mut batches = 0;
     if last > 0 {
@@ -91,7 +90,9 @@ pub async fn rebuild(
                     "the replay skipped ahead of position {expected}; run the rebuild again"
                 )));
             }
-            position = reached(report.checkpoints).unwrap_or(last).max(delivered.last().map_or(0, |d| d.position));
+            // Everything up to here is applied (by us, or by a projector
+            // running alongside: then it was a duplicate for us).
+            position = delivered.last().map_or(position, |d| d.position);
             progress.set_position(position.min(last));
         }
     }

@@ -11,15 +11,11 @@ use opentelemetry::{
     trace::{SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
-use shared::grpc_telemetry::{CQRS_SIDE, code_name};
+use shared::grpc_telemetry::{CQRS_SIDE, MILLISECONDS_BOUNDARIES, code_name};
 
 use crate::{app::Consistency, error::QueryError};
 
 const SIDE: &str = "read";
-
-/// Histogram boundaries in milliseconds: sub-millisecond to 10 s.
-const MILLISECONDS_BOUNDARIES: [f64; 16] =
-    [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
 
 /// Result-size boundaries (rows).
 const SIZE_BOUNDARIES: [f64; 9] = [0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0];

@@ -36,6 +36,11 @@ pub const CQRS_SIDE: &str = "cqrs.side";
 pub const SECONDS_BOUNDARIES: [f64; 16] =
     [0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// The same resolution in milliseconds, for the `cqrs.*.duration` and
+/// consistency-wait histograms (their unit is ms).
+pub const MILLISECONDS_BOUNDARIES: [f64; 16] =
+    [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
 /// The gRPC status code's canonical name (`INVALID_ARGUMENT`), as used by
 /// `rpc.response.status_code` and `error.type`.
 pub fn code_name(code: Code) -> &'static str {

@@ -11,15 +11,11 @@ use opentelemetry::{
     trace::{SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
-use shared::grpc_telemetry::{CQRS_SIDE, code_name};
+use shared::grpc_telemetry::{CQRS_SIDE, MILLISECONDS_BOUNDARIES, code_name};
 
 use crate::{app::Accepted, error::CommandError};
 
 const SIDE: &str = "write";
-
-/// Histogram boundaries in milliseconds: sub-millisecond to 10 s.
-const MILLISECONDS_BOUNDARIES: [f64; 16] =
-    [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
 
 /// The four commands, as named in spans and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
