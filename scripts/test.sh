@@ -15,6 +15,7 @@ if command -v psql >/dev/null; then
     while read -r database; do psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE \"$database\"" || true; done
 fi
 
+scripts/check-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run every service's binary; `cargo test` only builds

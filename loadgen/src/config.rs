@@ -39,6 +39,24 @@ pub struct Config {
     #[arg(long, default_value_t = 0.8)]
     pub read_ratio: f64,
 
+    /// Of the writes, the share that are WithdrawFunds (the rest are
+    /// DepositFunds). 0 sends deposits only: one append per command, no
+    /// refusals (what the benchmarks use).
+    #[arg(long, default_value_t = 0.5)]
+    pub withdraw_ratio: f64,
+
+    /// Of the reads, the share that are GetAccountHistory (the rest are
+    /// GetAccount).
+    #[arg(long, default_value_t = 0.1)]
+    pub history_ratio: f64,
+
+    /// After each successful command, query the account with the command's
+    /// position as `min_position` and report, as the operation `Visible`,
+    /// the time from the command's acknowledgement until the read side
+    /// answered with it: the projection lag as a client sees it.
+    #[arg(long)]
+    pub measure_lag: bool,
+
     /// How long to send load.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,

@@ -46,6 +46,7 @@ struct Target {
     /// Per account, the position its last command returned.
     positions: Vec<AtomicU64>,
     read_your_writes: bool,
+    measure_lag: bool,
     recorder: Mutex<Recorder>,
     tracer: global::BoxedTracer,
 }
@@ -66,6 +67,7 @@ pub async fn run(config: &Config) -> Result<Report, DriverError> {
         queries: AccountQueryServiceClient::new(channel(&config.read_addr)?),
         positions: (0..config.accounts).map(|_| AtomicU64::new(0)).collect(),
         read_your_writes: config.read_your_writes,
+        measure_lag: config.measure_lag,
         recorder: Mutex::new(Recorder::default()),
         tracer: global::tracer("loadgen"),
     });
@@ -187,7 +189,7 @@ async fn send(target: &Target, operation: Operation, account: u32) -> Result<(),
     let position = &target.positions[account as usize];
     let min_position = if target.read_your_writes { position.load(Ordering::Relaxed) } else { 0 };
     let outcome = match operation {
-        Operation::OpenAccount => Ok(()),
+        Operation::OpenAccount | Operation::Visible => Ok(()),
         Operation::DepositFunds | Operation::WithdrawFunds => {
             let reply = if operation == Operation::DepositFunds {
                 let request = pb::DepositFundsRequest {
@@ -206,9 +208,23 @@ async fn send(target: &Target, operation: Operation, account: u32) -> Result<(),
                 };
                 target.commands.clone().withdraw_funds(traced(&cx, request)).await
             };
-            reply.map(|reply| {
-                position.fetch_max(reply.get_ref().position, Ordering::Relaxed);
-            })
+            match reply {
+                Ok(reply) => {
+                    let acked = Instant::now();
+                    position.fetch_max(reply.get_ref().position, Ordering::Relaxed);
+                    if target.measure_lag {
+                        let request = pb::GetAccountRequest {
+                            account_id: account_id(account),
+                            min_position: reply.get_ref().position,
+                        };
+                        let visible = target.queries.clone().get_account(traced(&cx, request)).await;
+                        let outcome = visible.map(drop).map_err(|status| status.code());
+                        lock(&target.recorder).record(Operation::Visible, acked.elapsed(), outcome);
+                    }
+                    Ok(())
+                }
+                Err(status) => Err(status),
+            }
         }
         Operation::GetAccount => {
             let request = pb::GetAccountRequest { account_id: id, min_position };

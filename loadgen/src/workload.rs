@@ -14,6 +14,9 @@ pub enum Operation {
     WithdrawFunds,
     GetAccount,
     GetAccountHistory,
+    /// Not sent by itself: a command's acknowledgement until a
+    /// `min_position` query sees it (`--measure-lag`).
+    Visible,
 }
 
 impl Operation {
@@ -25,6 +28,7 @@ impl Operation {
             Self::WithdrawFunds => "WithdrawFunds",
             Self::GetAccount => "GetAccount",
             Self::GetAccountHistory => "GetAccountHistory",
+            Self::Visible => "Visible",
         }
     }
 }
@@ -34,6 +38,8 @@ pub struct Picker {
     rng: SmallRng,
     workload: Workload,
     read_ratio: f64,
+    withdraw_ratio: f64,
+    history_ratio: f64,
     accounts: u32,
     zipf: Option<Zipf<f64>>,
 }
@@ -49,6 +55,8 @@ impl Picker {
             rng: SmallRng::seed_from_u64(seed),
             workload: config.workload,
             read_ratio: config.read_ratio.clamp(0.0, 1.0),
+            withdraw_ratio: config.withdraw_ratio.clamp(0.0, 1.0),
+            history_ratio: config.history_ratio.clamp(0.0, 1.0),
             accounts: config.accounts.max(1),
             zipf,
         }
@@ -61,12 +69,12 @@ impl Picker {
             Workload::Read => true,
             Workload::Mixed => self.rng.random_bool(self.read_ratio),
         };
-        let operation = match (read, self.rng.random_bool(0.5)) {
-            (false, true) => Operation::DepositFunds,
-            (false, false) => Operation::WithdrawFunds,
-            // Histories grow with the run: ask for them less often.
-            (true, _) if self.rng.random_bool(0.9) => Operation::GetAccount,
-            (true, _) => Operation::GetAccountHistory,
+        let operation = if read {
+            if self.rng.random_bool(self.history_ratio) { Operation::GetAccountHistory } else { Operation::GetAccount }
+        } else if self.rng.random_bool(self.withdraw_ratio) {
+            Operation::WithdrawFunds
+        } else {
+            Operation::DepositFunds
         };
         let account = match &self.zipf {
             // Zipf yields 1..=n, the hottest first.
@@ -116,6 +124,14 @@ mod tests {
             hits[uniform.pick().1 as usize] += 1;
         }
         assert!(hits.iter().all(|h| *h > 40 && *h < 200), "{hits:?}");
+    }
+
+    #[test]
+    fn the_operation_mix_is_configurable() {
+        let mut deposits = Picker::new(&config(&["write", "--withdraw-ratio", "0"]), 5);
+        assert!((0..1_000).all(|_| deposits.pick().0 == Operation::DepositFunds));
+        let mut lookups = Picker::new(&config(&["read", "--history-ratio", "0"]), 5);
+        assert!((0..1_000).all(|_| lookups.pick().0 == Operation::GetAccount));
     }
 
     #[test]

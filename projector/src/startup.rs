@@ -6,13 +6,13 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use async_nats::jetstream;
 use futures::FutureExt;
 use read_model::ReadStore;
-use shared::retry;
+use shared::{grpc_server, retry};
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
-    app::{Projector, set_health},
+    app::{Projector, SERVICE_NAME, set_health},
     config::Config,
     error::ProjectorError,
 };
@@ -27,7 +27,7 @@ impl Application {
     /// Binds the health endpoint's listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Self, ProjectorError> {
         let listener =
-            shared::grpc_server::bind(config.listen_addr).await.map_err(|e| ProjectorError::Health(e.to_string()))?;
+            grpc_server::bind(config.listen_addr).await.map_err(|e| ProjectorError::Health(e.to_string()))?;
         Ok(Self { listener, config })
     }
 
@@ -43,8 +43,7 @@ impl Application {
     ) -> Result<(), ProjectorError> {
         let Self { listener, config } = self;
         let shutdown = shutdown.shared();
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        set_health(&reporter, ServingStatus::NotServing).await;
+        let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
         let health_server = tokio::spawn(
             Server::builder()
                 .add_service(health_service)

@@ -100,6 +100,13 @@ impl Default for ProjectionTelemetry {
                 }
             })
             .build();
+        let dead_letters = meter
+            .u64_counter("cqrs.projection.dead_letters")
+            .with_description("Events set aside because they cannot be applied")
+            .build();
+        // Exported from the start at 0, so that the first dead letter is an
+        // increase (a series that appears at 1 is invisible to `increase()`).
+        dead_letters.add(0, &[KeyValue::new(CQRS_SIDE, SIDE)]);
         Self {
             tracer: Arc::new(global::tracer("projector")),
             lag: meter
@@ -112,10 +119,7 @@ impl Default for ProjectionTelemetry {
                 .u64_counter("cqrs.projection.events")
                 .with_description("Events handled per projection, by outcome")
                 .build(),
-            dead_letters: meter
-                .u64_counter("cqrs.projection.dead_letters")
-                .with_description("Events set aside because they cannot be applied")
-                .build(),
+            dead_letters,
             pending,
             checkpoints,
         }

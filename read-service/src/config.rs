@@ -40,4 +40,11 @@ pub struct Config {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Connections older than this are asked to reconnect (HTTP/2 GOAWAY,
+    /// in-flight calls finish within SHUTDOWN_GRACE), so that long-lived
+    /// clients spread over new replicas after a scale-up or a rolling update
+    /// instead of staying pinned to the pods they first reached.
+    #[arg(long, env = "MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
 }

@@ -46,8 +46,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let Self { listener, config } = self;
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        grpc_server::set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await;
+        let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
 
         let service = QueryService::default();
         let connector = tokio::spawn(connect(config.clone(), service.queries_slot(), reporter.clone()));
@@ -55,6 +54,8 @@ impl Application {
         let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
         tracing::info!(addr = %config.listen_addr, "read-service listening");
         let server = Server::builder()
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(config.shutdown_grace)
             .layer(GrpcServerTelemetryLayer::new("read"))
             .add_service(health_service)
             .add_service(reflection_v1)

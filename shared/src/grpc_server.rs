@@ -5,7 +5,11 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::{Health, HealthServer},
+    server::HealthReporter,
+};
 use tonic_reflection::server::{
     Builder, Error,
     v1::{ServerReflection as ReflectionV1, ServerReflectionServer as ReflectionV1Server},
@@ -43,6 +47,21 @@ pub fn reflection()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// The health-check name for liveness probes: SERVING for as long as the
+/// server answers at all. Readiness asks for `""`, which is NOT_SERVING
+/// while a dependency (NATS, the read store) is unreachable; restarting the
+/// pod would not bring that dependency back, so liveness must not follow it.
+pub const LIVENESS: &str = "liveness";
+
+/// The health service of a server that is not ready yet: `""` and `service`
+/// NOT_SERVING until the caller reports otherwise, [`LIVENESS`] SERVING.
+pub async fn health(service: &str) -> (HealthReporter, HealthServer<impl Health>) {
+    let (reporter, server) = tonic_health::server::health_reporter();
+    set_health(&reporter, service, ServingStatus::NotServing).await;
+    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
+    (reporter, server)
 }
 
 /// Sets the health of the server (`""`) and of `service` together.

@@ -60,8 +60,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let Self { listener, config } = self;
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        set_health(&reporter, ServingStatus::NotServing).await;
+        let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
 
         let accounts = Arc::new(Accounts::new(config.account_cache_capacity, config.reply_cache_capacity));
         let connector = tokio::spawn(connect_event_log(config.clone(), Arc::downgrade(&accounts), reporter.clone()));
@@ -72,6 +71,8 @@ impl Application {
         let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
         tracing::info!(addr = %config.listen_addr, "write-service listening");
         let server = Server::builder()
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(config.shutdown_grace)
             .layer(GrpcServerTelemetryLayer::new("write"))
             .add_service(health_service)
             .add_service(reflection_v1)

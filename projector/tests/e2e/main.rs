@@ -8,6 +8,7 @@
 mod faults;
 mod helpers;
 mod poison;
+mod promql;
 mod queries;
 mod rebuild;
 mod run_local;

@@ -238,9 +238,14 @@ async fn one_trace_across_the_broker_and_every_metric_reach_the_collector() {
     check("projector", "cqrs.projection.events", "", &["cqrs.side", "projection.name", "outcome"]);
     check("projector", "cqrs.projection.pending", "", &["cqrs.side"]);
     check("projector", "cqrs.projection.checkpoint", "", &["cqrs.side", "projection.name"]);
+    check("projector", "cqrs.projection.dead_letters", "", &["cqrs.side"]);
+
+    // And what deploy/ queries is what they export.
+    let exported: Vec<_> = metrics.iter().map(|m| &m.metric).collect();
+    crate::promql::assert_shipped_queries_select_exported_metrics(&exported);
 }
 
-fn attribute_keys(data: Option<&Data>) -> Vec<String> {
+pub(crate) fn attribute_keys(data: Option<&Data>) -> Vec<String> {
     let number = |points: &[NumberDataPoint]| -> Vec<String> {
         points.iter().flat_map(|p| p.attributes.iter().map(|kv| kv.key.clone())).collect()
     };

@@ -32,6 +32,9 @@ async fn losing_nats_means_unavailable_and_not_serving_until_it_is_back() {
 
     nats.kill().await;
     app.wait_for_health(ServingStatus::NotServing).await;
+    // Not ready, but alive: a liveness probe must not restart the pod over
+    // an outage that a restart cannot fix.
+    assert_eq!(app.liveness().await, Some(ServingStatus::Serving));
     let retried = pb::DepositFundsRequest { command_id: "during-outage".into(), ..deposit("acc", 5) };
     assert_status(client.deposit_funds(retried.clone()).await, Code::Unavailable, "same command_id");
 

@@ -102,6 +102,12 @@ impl TestApp {
     pub(crate) async fn wait_for_health(&self, wanted: ServingStatus) {
         wait_for_health(&self.health, wanted).await;
     }
+
+    /// What the liveness probe sees.
+    pub(crate) async fn liveness(&self) -> Option<ServingStatus> {
+        let request = HealthCheckRequest { service: shared::grpc_server::LIVENESS.into() };
+        self.health.clone().check(request).await.ok().map(|r| r.into_inner().status())
+    }
 }
 
 impl Drop for TestApp {
