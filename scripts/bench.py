@@ -312,6 +312,8 @@ def run(stack, args, concurrencies, results):
             if pg_database:
                 drop_database(args.database_url, pg_database)
 
+    results["sync"] = sync_cost(stack, args)
+
     # Memory: N distinct accounts through each service.
     stack.start_services(telemetry=False)
     memory = {"accounts": args.memory_accounts}
@@ -327,6 +329,37 @@ def run(stack, args, concurrencies, results):
     memory["read_duration"] = args.memory_read_duration
     results["memory"] = memory
     stack.stop_services()
+
+
+def sync_cost(stack, args):
+    """Raw publishes at 64 in flight on a fresh server with JetStream's
+    default lazy fsync against `sync_interval: always` (fsync before every
+    ack; what deploy/k8s/overlays/prod/nats.conf sets). Needs a nats-server
+    that knows the setting (>= 2.10): the one scripts/setup.sh installs
+    beside the deploy validators."""
+    tools = Path(os.environ.get("DEPLOY_TOOLS", Path.home() / ".cache/cqrs-bank/deploy-tools"))
+    server = tools / "bin" / "nats-server"
+    if not server.exists():
+        log("no nats-server >= 2.10 for the sync_interval figure")
+        return None
+    figures = {}
+    for mode in ["default", "always"]:
+        port = free_port()
+        store = stack.work / f"sync-{mode}"
+        config = stack.work / f"sync-{mode}.conf"
+        sync = "sync_interval: always" if mode == "always" else ""
+        config.write_text(f"listen: 127.0.0.1:{port}\njetstream {{\n store_dir: {store}\n {sync}\n}}\n")
+        name = f"nats-sync-{mode}"
+        stack.start(name, [str(server), "-c", str(config)])
+        wait_for(lambda: tcp_open(port), name)
+        log(f"raw publishes with sync_interval {mode}")
+        out = subprocess.run([str(stack.bin / "baseline"), "publish", "--nats-url", f"nats://127.0.0.1:{port}",
+                              "--concurrency", "64", "--duration", args.duration], capture_output=True, text=True,
+                             check=True)
+        figures[mode] = row(json.loads(out.stdout), "Publish")
+        stack.stop(name)
+    version = subprocess.run([str(server), "--version"], capture_output=True, text=True).stdout.strip()
+    return {"version": version, **figures}
 
 
 def wait_for_projection(stack):
@@ -418,8 +451,18 @@ def render(r, args):
     lines += ["", f"### 5. Resident memory, {m['accounts']:,} distinct accounts", "",
               "| service | before MiB | after MiB |", "|---|---|---|",
               f"| write-service (opened every account) | {m['write_before']:.1f} | {m['write_after']:.1f} |",
-              f"| read-service ({m['read_duration']} of GetAccount on random ones) | {m['read_before']:.1f} | {m['read_after']:.1f} |", ""]
-    return "\n".join(lines)
+              f"| read-service ({m['read_duration']} of GetAccount on random ones) | {m['read_before']:.1f} | {m['read_after']:.1f} |"]
+    sync = r.get("sync")
+    if sync:
+        d, a = sync["default"], sync["always"]
+        lines += ["", f"### 6. Event-log durability: fsync before every ack ({sync['version']}, raw publishes, "
+                      "64 in flight)", "",
+                  "| sync_interval | publishes/s | p50 ms | p99 ms |", "|---|---|---|---|",
+                  f"| default (lazy, every 2 min) | {d['throughput']:,.0f} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} |",
+                  f"| always | {a['throughput']:,.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} |",
+                  f"| ratio always/default | {ratio(a['throughput'], d['throughput'])} | | "
+                  f"{ratio(a['p99_ms'], d['p99_ms'])} |"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -22,3 +22,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # the binaries of packages that have integration tests of their own.
 cargo build --workspace --locked
 cargo test --workspace --all-targets --locked
+# The benchmarks only have to run here (tiny sizes, debug build): their
+# figures come from `python3 scripts/bench.py` on a quiet machine.
+python3 scripts/bench.py --smoke --profile debug > /dev/null
