@@ -95,7 +95,8 @@ class Stack:
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
     def start_nats(self):
-        nats = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        nats = nats_server()
+        log(f"event log: {subprocess.run([nats, '--version'], capture_output=True, text=True).stdout.strip()}")
         self.start("nats", [nats, "-a", "127.0.0.1", "-p", str(self.nats_port), "-m", str(self.nats_monitor),
                             "-js", "-sd", str(self.work / "nats")])
         wait_for(lambda: tcp_open(self.nats_port), "nats-server")
@@ -135,6 +136,16 @@ class Stack:
         return 0
 
 
+def nats_server():
+    """The nats-server release the images use (installed beside the deploy
+    validators by scripts/setup.sh), else the machine's."""
+    tools = Path(os.environ.get("DEPLOY_TOOLS", Path.home() / ".cache/cqrs-bank/deploy-tools"))
+    pinned = tools / "bin" / "nats-server"
+    if pinned.exists():
+        return str(pinned)
+    return shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
 def tcp_open(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -162,10 +173,14 @@ def wait_for(check, what, timeout=60):
     raise SystemExit(f"bench: {what} did not come up within {timeout} s")
 
 
-def loadgen(stack, workload, *extra, write=None, read=None):
-    argv = [str(stack.bin / "loadgen"), workload, "--json",
+def loadgen_argv(stack, workload, *extra, write=None, read=None):
+    return [str(stack.bin / "loadgen"), workload, "--json",
             "--write-addr", f"http://127.0.0.1:{write or stack.ports['write']}",
             "--read-addr", f"http://127.0.0.1:{read or stack.ports['read']}", *extra]
+
+
+def loadgen(stack, workload, *extra, write=None, read=None):
+    argv = loadgen_argv(stack, workload, *extra, write=write, read=read)
     result = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OTEL_SDK_DISABLED="true"))
     if result.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} failed:\n{result.stderr}")
@@ -179,10 +194,10 @@ def row(report, operation):
     raise SystemExit(f"bench: no {operation} in {report}")
 
 
-def closed(stack, workload, concurrency, args, **addrs):
+def closed(stack, workload, concurrency, args, duration=None, **addrs):
     mix = ["--withdraw-ratio", "0"] if workload == "write" else ["--history-ratio", "0"]
     return loadgen(stack, workload, "--no-setup", "--distribution", "uniform", "--accounts", str(args.accounts),
-                   "--concurrency", str(concurrency), "--duration", args.duration, *mix, **addrs)
+                   "--concurrency", str(concurrency), "--duration", duration or args.duration, *mix, **addrs)
 
 
 def main():
@@ -192,6 +207,7 @@ def main():
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument("--duration", default="10s", help="each loadgen run")
     parser.add_argument("--concurrencies", default="1,16,64,256")
+    parser.add_argument("--warmup", default="10s", help="before each telemetry run, on restarted services")
     parser.add_argument("--accounts", type=int, default=5_000)
     parser.add_argument("--backlog", type=int, default=200_000, help="events in the log before the catch-up")
     parser.add_argument("--memory-accounts", type=int, default=1_000_000)
@@ -200,7 +216,7 @@ def main():
                                                                   "postgres://postgres@127.0.0.1:5432/test"))
     args = parser.parse_args()
     if args.smoke:
-        args.duration, args.concurrencies, args.accounts = "1s", "1,16", 200
+        args.duration, args.concurrencies, args.accounts, args.warmup = "1s", "1,16", 200, "1s"
         args.backlog, args.memory_accounts, args.memory_read_duration = 3_000, 2_000, "1s"
     concurrencies = [int(c) for c in args.concurrencies.split(",")]
 
@@ -267,16 +283,21 @@ def run(stack, args, concurrencies, results):
     results["lag"] = {"rate": half, "command": row(lag, "DepositFunds"), "visible": row(lag, "Visible"),
                       "dropped": lag.get("dropped", 0)}
 
-    # Telemetry cost at 64 in flight (or the largest concurrency asked for).
+    # Telemetry cost at 64 in flight (or the largest concurrency asked for):
+    # both runs on freshly started services after the same warm-up (a
+    # restarted write-service reloads each account from the log once).
     c_tel = 64 if 64 in concurrencies else concurrencies[-1]
-    log(f"telemetry on, {c_tel} in flight")
-    stack.stop_services()
-    stack.start_services(telemetry=True)
-    results["telemetry"] = {
-        "concurrency": c_tel,
-        "write": row(closed(stack, "write", c_tel, args), "DepositFunds"),
-        "read": row(closed(stack, "read", c_tel, args), "GetAccount"),
-    }
+    results["telemetry"] = {"concurrency": c_tel}
+    for mode, on in [("off", False), ("on", True)]:
+        log(f"telemetry {mode}, {c_tel} in flight")
+        stack.stop_services()
+        stack.start_services(telemetry=on)
+        closed(stack, "write", c_tel, args, duration=args.warmup)
+        closed(stack, "read", c_tel, args, duration=args.warmup)
+        results["telemetry"][mode] = {
+            "write": row(closed(stack, "write", c_tel, args), "DepositFunds"),
+            "read": row(closed(stack, "read", c_tel, args), "GetAccount"),
+        }
     stack.stop_services()
 
     # Projector catch-up: top the log up to the backlog, then rebuild.
@@ -320,7 +341,20 @@ def run(stack, args, concurrencies, results):
     memory["write_before"] = stack.rss_mib("write-service")
     memory["read_before"] = stack.rss_mib("read-service")
     log(f"memory: opening {args.memory_accounts} accounts (this is the long part)")
-    loadgen(stack, "write", "--accounts", str(args.memory_accounts), "--concurrency", "256", "--duration", "0s")
+    opening = subprocess.Popen(loadgen_argv(stack, "write", "--accounts", str(args.memory_accounts),
+                                            "--concurrency", "256", "--duration", "0s"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, OTEL_SDK_DISABLED="true"))
+    started, samples = time.time(), []
+    while opening.poll() is None:
+        samples.append((time.time() - started, stack.rss_mib("write-service")))
+        time.sleep(1)
+    elapsed = time.time() - started
+    # Accounts open at a steady rate, so time stands for accounts opened.
+    memory["write_samples"] = [
+        (fraction, max((rss for t, rss in samples if t <= fraction * elapsed), default=0.0))
+        for fraction in (0.25, 0.5, 0.75, 1.0)
+    ]
     memory["write_after"] = stack.rss_mib("write-service")
     log(f"memory: querying random accounts among the {args.memory_accounts}")
     loadgen(stack, "read", "--no-setup", "--distribution", "uniform", "--accounts", str(args.memory_accounts),
@@ -441,17 +475,21 @@ def render(r, args):
               f"{lag['visible']['p90_ms']:.2f} | {lag['visible']['p99_ms']:.2f} | {lag['visible']['max_ms']:.2f} |"]
     t = r["telemetry"]
     c = t["concurrency"]
-    lines += ["", f"### 4. Instrumentation cost ({c} in flight; on = exporting OTLP to a local sink)", "",
+    lines += ["", f"### 4. Instrumentation cost ({c} in flight; each run on freshly started services after a "
+                  f"{args.warmup} warm-up; on = exporting OTLP to a local sink)", "",
               "| path | off ops/s | on ops/s | on/off | off p99 ms | on p99 ms |", "|---|---|---|---|---|---|"]
-    for side, off in [("write", r["write"][c]), ("read", r["read"][c])]:
-        on = t[side]
+    for side in ["write", "read"]:
+        off, on = t["off"][side], t["on"][side]
         lines.append(f"| {side} | {off['throughput']:,.0f} | {on['throughput']:,.0f} | "
                      f"{ratio(on['throughput'], off['throughput'])} | {off['p99_ms']:.2f} | {on['p99_ms']:.2f} |")
     m = r["memory"]
+    samples = ", ".join(f"{fraction:.0%}: {rss:.1f} MiB" for fraction, rss in m["write_samples"])
     lines += ["", f"### 5. Resident memory, {m['accounts']:,} distinct accounts", "",
               "| service | before MiB | after MiB |", "|---|---|---|",
               f"| write-service (opened every account) | {m['write_before']:.1f} | {m['write_after']:.1f} |",
-              f"| read-service ({m['read_duration']} of GetAccount on random ones) | {m['read_before']:.1f} | {m['read_after']:.1f} |"]
+              f"| read-service ({m['read_duration']} of GetAccount on random ones) "
+              f"| {m['read_before']:.1f} | {m['read_after']:.1f} |",
+              "", f"write-service RSS (highest so far) while the accounts were opened, by share opened: {samples}."]
     sync = r.get("sync")
     if sync:
         d, a = sync["default"], sync["always"]

@@ -20,8 +20,13 @@ trap 'rm -rf "$out"' EXIT
 step() { echo "check-deploy: $*"; }
 
 step "nats-server -t"
+# Each config beside the base's auth.conf, as the ConfigMap mounts them.
 for config in deploy/k8s/base/nats/nats.conf deploy/k8s/overlays/prod/nats.conf; do
-  POD_NAME=nats-0 "$tools/nats-server" -t -c "$config"
+  dir="$out/nats-$(basename "$(dirname "$config")")"
+  mkdir -p "$dir"
+  cp "$config" "$dir/nats.conf"
+  cp deploy/k8s/base/nats/auth.conf "$dir/auth.conf"
+  WRITE_SERVICE_NATS_PASSWORD=x PROJECTOR_NATS_PASSWORD=x POD_NAME=nats-0 "$tools/nats-server" -t -c "$dir/nats.conf"
 done
 
 for overlay in deploy/k8s/overlays/*/; do

@@ -50,10 +50,10 @@ pub struct Config {
     #[arg(long, default_value_t = 0.1)]
     pub history_ratio: f64,
 
-    /// After each successful command, query the account with the command's
-    /// position as `min_position` and report, as the operation `Visible`,
-    /// the time from the command's acknowledgement until the read side
-    /// answered with it: the projection lag as a client sees it.
+    /// After one successful command in ten, query the account with the
+    /// command's position as `min_position` and report, as the operation
+    /// `Visible`, the time from the command's acknowledgement until the
+    /// read side answered with it: the projection lag as a client sees it.
     #[arg(long)]
     pub measure_lag: bool,
 

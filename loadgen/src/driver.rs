@@ -32,6 +32,9 @@ use crate::{
     workload::{Operation, Picker, account_id},
 };
 
+/// `--measure-lag` probes the commands whose position is a multiple of this.
+const LAG_SAMPLE: u64 = 10;
+
 /// Why the load could not be sent at all.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -212,7 +215,9 @@ async fn send(target: &Target, operation: Operation, account: u32) -> Result<(),
                 Ok(reply) => {
                     let acked = Instant::now();
                     position.fetch_max(reply.get_ref().position, Ordering::Relaxed);
-                    if target.measure_lag {
+                    // One command in ten (by position) is probed, so that the
+                    // probes add little read load to what they measure.
+                    if target.measure_lag && reply.get_ref().position % LAG_SAMPLE == 0 {
                         let request = pb::GetAccountRequest {
                             account_id: account_id(account),
                             min_position: reply.get_ref().position,

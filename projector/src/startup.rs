@@ -76,8 +76,11 @@ pub async fn connect_event_log(config: &Config) -> jetstream::stream::Stream {
 
 /// Connects to NATS and opens the event stream, once.
 pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream::Stream, ProjectorError> {
-    let client = async_nats::ConnectOptions::new()
-        .name("projector")
+    let client = config
+        .nats
+        .connect_options(SERVICE_NAME)
+        .await
+        .map_err(ProjectorError::event_log)?
         .max_reconnects(None)
         .connect(config.nats.url.as_str())
         .await

@@ -19,8 +19,9 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Why the read store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// `READ_STORE_URL` is neither `sqlite://…` nor `postgres://…`.
-    #[error("unsupported read store URL {0:?}: use sqlite://PATH or postgres://…")]
+    /// `READ_STORE_URL` is neither `sqlite://…` nor `postgres://…`. Only
+    /// the scheme is kept: the rest of a URL may hold a password.
+    #[error("unsupported read store URL scheme {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     /// The SQLite file's folder cannot be created.
     #[error("cannot create the folder of {path}: {source}")]
@@ -232,7 +233,8 @@ impl ReadStore {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
         } else {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+            return Err(StoreError::UnsupportedUrl(scheme.chars().take(20).collect()));
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)

@@ -15,7 +15,7 @@ pub struct Config {
 
     /// The read store the projector writes: `sqlite://PATH` or
     /// `postgres://USER:PASSWORD@HOST/DB`.
-    #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db")]
+    #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db", hide_env_values = true)]
     pub read_store_url: String,
 
     /// Connections to the read store.

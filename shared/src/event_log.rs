@@ -2,19 +2,79 @@
 //! the stream, one subject per account, and the header names. Shared by the
 //! log's only writer (write-service) and its reader (projector).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 /// How to reach NATS. Shared by every service that talks to it.
+/// Authentication is one of: a credentials file (JWT + nkey seed, NATS's
+/// decentralised auth), user and password, or a token; in the URL
+/// (`nats://user:password@host`) works too. Secrets are never printed:
+/// `--help` hides their values and logs show URLs through
+/// [`crate::secrets::redact_url`].
 #[derive(Clone, Debug, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL(s), comma-separated (`tls://` to require TLS).
+    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222", hide_env_values = true)]
     pub url: String,
 
     /// How long to wait for a JetStream answer (publish ack, direct get)
     /// before reporting the event log unavailable.
     #[arg(long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    /// A NATS credentials file (`.creds`: user JWT and nkey seed).
+    #[arg(long = "nats-creds-file", env = "NATS_CREDS_FILE")]
+    pub creds_file: Option<PathBuf>,
+
+    /// User name for user/password authentication (with NATS_PASSWORD).
+    #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
+    pub user: Option<String>,
+
+    /// Password for user/password authentication.
+    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true, requires = "user")]
+    pub password: Option<String>,
+
+    /// Token for token authentication.
+    #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// CA certificate (PEM) to verify the NATS servers with; implies TLS.
+    #[arg(long = "nats-tls-ca-file", env = "NATS_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS, with NATS_TLS_KEY_FILE.
+    #[arg(long = "nats-tls-cert-file", env = "NATS_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long = "nats-tls-key-file", env = "NATS_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Connect options carrying this configuration's authentication and
+    /// TLS, for the client named `name` (shown by the server's monitoring).
+    pub async fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions, std::io::Error> {
+        let mut options = match &self.creds_file {
+            Some(path) => async_nats::ConnectOptions::new().credentials_file(path).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read the NATS credentials file {}: {e}", path.display()))
+            })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        options = options.name(name);
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+        }
+        Ok(options)
+    }
 }
 
 /// The event log's names in JetStream.

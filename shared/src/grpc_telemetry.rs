@@ -124,11 +124,25 @@ pub struct GrpcServerTelemetry<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// Whether the request's `grpc-timeout` is zero: the client's deadline
+/// expired before the call began. tonic would still run the handler until
+/// its first await (and a command could reach the event log) and then
+/// answer CANCELLED; such a call is refused before any work instead.
+fn deadline_already_expired(headers: &http::HeaderMap) -> bool {
+    headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).is_some_and(|timeout| {
+        let digits = timeout.len().saturating_sub(1);
+        digits > 0
+            && timeout[..digits].bytes().all(|b| b == b'0')
+            && timeout[digits..].chars().all(|u| "HMSmun".contains(u))
+    })
+}
+
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcServerTelemetry<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
-    S::Error: 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -158,6 +172,11 @@ where
             .start_with_context(&instruments.tracer, &parent);
         let cx = parent.with_span(span);
         let started = Instant::now();
+        if deadline_already_expired(request.headers()) {
+            let status = tonic::Status::deadline_exceeded("the request's deadline had expired before it arrived");
+            instruments.finish(&cx, &method, status.code(), started);
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         let response = self.inner.call(request).with_context(cx.clone());
 
         Box::pin(async move {
@@ -209,6 +228,61 @@ impl Instruments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handler that records whether it ran.
+    #[derive(Clone)]
+    struct Handler(Arc<std::sync::atomic::AtomicBool>);
+
+    impl tower::Service<http::Request<()>> for Handler {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(http::Response::new(tonic::body::Body::default())))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_deadline_is_refused_before_the_handler_runs() {
+        use tower::{Layer as _, Service as _};
+        for (timeout, runs) in [("0n", false), ("0m", false), ("5S", true)] {
+            let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut service = GrpcServerTelemetryLayer::new("write").layer(Handler(Arc::clone(&ran)));
+            let request = http::Request::builder()
+                .uri("/bank.v1.AccountCommandService/DepositFunds")
+                .header("grpc-timeout", timeout)
+                .body(())
+                .unwrap();
+            let response = service.call(request).await.unwrap();
+            let status = tonic::Status::from_header_map(response.headers());
+            assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), runs, "{timeout}");
+            if !runs {
+                assert_eq!(status.map(|s| s.code()), Some(Code::DeadlineExceeded), "{timeout}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_zero_grpc_timeout_is_an_expired_deadline() {
+        let headers = |timeout: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", http::HeaderValue::from_str(timeout).unwrap());
+            headers
+        };
+        for expired in ["0n", "0u", "0m", "0S", "0M", "0H", "00000000n"] {
+            assert!(deadline_already_expired(&headers(expired)), "{expired}");
+        }
+        for not_expired in ["1n", "10m", "5S", "0", "n", "0x", "", "-0n"] {
+            assert!(!deadline_already_expired(&headers(not_expired)), "{not_expired}");
+        }
+        assert!(!deadline_already_expired(&http::HeaderMap::new()));
+    }
 
     #[test]
     fn only_server_faults_are_server_errors() {

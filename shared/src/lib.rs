@@ -10,6 +10,7 @@ pub mod grpc_server;
 pub mod grpc_telemetry;
 pub mod propagation;
 pub mod retry;
+pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validation;

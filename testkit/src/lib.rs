@@ -25,6 +25,8 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// Extra configuration (a config file in the store folder), if any.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -37,7 +39,19 @@ impl NatsServer {
     /// Starts a server on `port` (e.g. one a service was already told to use).
     pub async fn start_on(port: u16) -> Self {
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
-        let mut server = Self { child: None, port, store };
+        let mut server = Self { child: None, port, store, config: None };
+        server.spawn().await;
+        server
+    }
+
+    /// Starts a server on a free port with `config` (nats-server config
+    /// syntax: accounts, users, permissions, TLS...) on top of the usual
+    /// listen address and JetStream store.
+    pub async fn start_with_config(config: &str) -> Self {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let path = store.path().join("nats.conf");
+        std::fs::write(&path, config).expect("write the nats-server config");
+        let mut server = Self { child: None, port: free_port(), store, config: Some(path) };
         server.spawn().await;
         server
     }
@@ -66,7 +80,11 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::null())
@@ -98,6 +116,23 @@ fn binary() -> PathBuf {
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Like [`eventually`], for a value: polls `produce` until it returns
+/// `Some`, and returns it.
+pub async fn eventually_some<T, F, Fut>(within: Duration, what: &str, mut produce: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = produce().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after

@@ -92,33 +92,37 @@ impl Application {
 async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: HealthReporter) {
     let callback_accounts = accounts.clone();
     let callback_reporter = reporter.clone();
-    let options = async_nats::ConnectOptions::new()
-        .name("write-service")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            let accounts = callback_accounts.clone();
-            let reporter = callback_reporter.clone();
-            async move {
-                match event {
-                    Event::Connected => {
-                        tracing::info!("NATS connected");
-                        if accounts.upgrade().is_some_and(|accounts| accounts.log().is_some()) {
-                            set_health(&reporter, ServingStatus::Serving).await;
-                        }
+    let options = match config.nats.connect_options("write-service").await {
+        Ok(options) => options,
+        Err(error) => {
+            tracing::error!(%error, "cannot configure the NATS connection; staying NOT_SERVING");
+            return;
+        }
+    };
+    let options = options.retry_on_initial_connect().max_reconnects(None).event_callback(move |event| {
+        let accounts = callback_accounts.clone();
+        let reporter = callback_reporter.clone();
+        async move {
+            match event {
+                Event::Connected => {
+                    tracing::info!("NATS connected");
+                    if accounts.upgrade().is_some_and(|accounts| accounts.log().is_some()) {
+                        set_health(&reporter, ServingStatus::Serving).await;
                     }
-                    Event::Disconnected => {
-                        tracing::warn!("NATS disconnected; commands fail with UNAVAILABLE until it is back");
-                        set_health(&reporter, ServingStatus::NotServing).await;
-                    }
-                    other => tracing::info!(event = %other, "NATS event"),
                 }
+                Event::Disconnected => {
+                    tracing::warn!("NATS disconnected; commands fail with UNAVAILABLE until it is back");
+                    set_health(&reporter, ServingStatus::NotServing).await;
+                }
+                other => tracing::info!(event = %other, "NATS event"),
             }
-        });
+        }
+    });
     let client = match options.connect(config.nats.url.as_str()).await {
         Ok(client) => client,
         Err(error) => {
-            tracing::error!(%error, url = %config.nats.url, "cannot use the NATS URL; staying NOT_SERVING");
+            let url = shared::secrets::redact_url(&config.nats.url);
+            tracing::error!(%error, %url, "cannot use the NATS URL; staying NOT_SERVING");
             return;
         }
     };

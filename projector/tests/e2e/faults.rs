@@ -136,3 +136,188 @@ async fn with_the_projector_down_reads_are_stale_and_min_position_is_unavailable
     stack.restart_projector(&[]).await;
     assert_eq!(stack.account("acc", unseen.position).await.balance, 15);
 }
+
+/// What one command ended as, from the client's side.
+struct Sent {
+    command_id: String,
+    account: String,
+    amount: i64,
+    outcome: Result<pb::CommandReply, tonic::Status>,
+}
+
+/// The log's events, in order: (account, command id, event).
+async fn read_log(stack: &Stack) -> Vec<(String, String, shared::events::AccountEvent)> {
+    let jetstream = stack.jetstream().await;
+    let mut stream = jetstream.get_stream(STREAM).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut events = Vec::new();
+    for sequence in 1..=last {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let event = shared::events::AccountEvent::decode(Some(&header("ce-type")), &message.payload).unwrap();
+        events.push((header("ce-subject"), header("ce-commandid"), event));
+    }
+    events
+}
+
+both_stores!(nats_killed_under_write_load_loses_no_acknowledged_command);
+async fn nats_killed_under_write_load_loses_no_acknowledged_command(store: Store) {
+    let mut stack = Stack::start(store).await;
+    for i in 0..ACCOUNTS {
+        stack.open(&format!("acc-{i}"), "Owner").await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 16 writers, each sending deposits with its own command ids, until told to stop.
+    let writers: Vec<_> = (0..16)
+        .map(|writer| {
+            let mut commands = stack.commands.clone();
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let request = pb::DepositFundsRequest {
+                        account_id: format!("acc-{}", (writer + n) % ACCOUNTS),
+                        amount: (n % 7 + 1) as i64,
+                        command_id: format!("w{writer}-{n}"),
+                        expected_version: None,
+                    };
+                    let outcome = commands.deposit_funds(request.clone()).await.map(|r| r.into_inner());
+                    if outcome.is_err() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    sent.push(Sent {
+                        command_id: request.command_id,
+                        account: request.account_id,
+                        amount: request.amount,
+                        outcome,
+                    });
+                }
+                sent
+            })
+        })
+        .collect();
+
+    // Kill NATS (SIGKILL) in the middle of the load, bring it back, let the
+    // load run on a little, then stop it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stack.nats.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.nats.restart().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for writer in writers {
+        sent.extend(writer.await.unwrap());
+    }
+
+    // Every failure was UNAVAILABLE; retrying it with its command_id
+    // succeeds exactly once (it may have landed before the failure).
+    let (ok, failed): (Vec<_>, Vec<_>) = sent.into_iter().partition(|s| s.outcome.is_ok());
+    assert!(ok.len() > 100, "the load ran: {} acknowledged", ok.len());
+    assert!(!failed.is_empty(), "the outage was felt by the clients");
+    let mut commands = stack.commands.clone();
+    let mut acknowledged: Vec<(String, String, i64)> =
+        ok.iter().map(|s| (s.command_id.clone(), s.account.clone(), s.amount)).collect();
+    for command in &failed {
+        let status = command.outcome.as_ref().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{}: {status:?}", command.command_id);
+        let retry = pb::DepositFundsRequest {
+            account_id: command.account.clone(),
+            amount: command.amount,
+            command_id: command.command_id.clone(),
+            expected_version: None,
+        };
+        let mut attempts = 0;
+        loop {
+            match commands.deposit_funds(retry.clone()).await {
+                Ok(_) => break,
+                Err(status) if status.code() == Code::Unavailable && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("retry of {} failed: {status:?}", command.command_id),
+            }
+        }
+        acknowledged.push((command.command_id.clone(), command.account.clone(), command.amount));
+    }
+
+    // The log holds each acknowledged command exactly once, and nothing else.
+    let log = read_log(&stack).await;
+    let mut in_log: Vec<&str> = log
+        .iter()
+        .filter(|(_, _, e)| matches!(e, shared::events::AccountEvent::Deposited { .. }))
+        .map(|(_, c, _)| c.as_str())
+        .collect();
+    in_log.sort_unstable();
+    let mut expected: Vec<&str> = acknowledged.iter().map(|(c, _, _)| c.as_str()).collect();
+    expected.sort_unstable();
+    assert_eq!(in_log, expected, "the deposits in the log are exactly the acknowledged commands, each once");
+
+    // After the projector catches up, the read model is the fold of the log.
+    let last = log.len() as u64;
+    for i in 0..ACCOUNTS {
+        let id = format!("acc-{i}");
+        let (mut balance, mut version) = (0, 0);
+        for (_, _, event) in log.iter().filter(|(account, _, _)| *account == id) {
+            version += 1;
+            if let shared::events::AccountEvent::Deposited { amount } = event {
+                balance += amount;
+            }
+        }
+        let account = testkit::eventually_some(Duration::from_secs(30), "the projector to catch up", || {
+            let mut queries = stack.queries.clone();
+            let id = id.clone();
+            async move { queries.get_account(pb::GetAccountRequest { account_id: id, min_position: last }).await.ok() }
+        })
+        .await
+        .into_inner();
+        assert_eq!((account.balance, account.version), (balance, version), "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_under_the_projector_lose_nothing() {
+    let store = Store::postgres().await;
+    let database = store.url().rsplit_once('/').unwrap().1.to_owned();
+    let admin_url =
+        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let stack = Stack::start_with(store, &[("PROJECTOR_BATCH_SIZE", "20")], &[]).await;
+    for i in 0..ACCOUNTS {
+        stack.open(&format!("acc-{i}"), "Owner").await;
+    }
+    // What a PostgreSQL restart does to its clients, without restarting the
+    // server other tests share: every connection to the read store is
+    // terminated, three times while the load runs.
+    let terminator = async {
+        let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let sql = format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+            );
+            sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(sql)).await.unwrap();
+        }
+    };
+    let rounds = 60;
+    let writer = async {
+        let mut last = 0;
+        for _ in 0..3 {
+            last = last.max(burst(&stack, rounds / 3).await);
+        }
+        last
+    };
+    let (last, ()) = tokio::join!(writer, terminator);
+    // The read-service lost its connections too: its pool reconnects.
+    let account = testkit::eventually_some(Duration::from_secs(30), "the read side to recover", || {
+        let mut queries = stack.queries.clone();
+        async move {
+            queries.get_account(pb::GetAccountRequest { account_id: "acc-0".into(), min_position: last }).await.ok()
+        }
+    })
+    .await;
+    assert_eq!(account.into_inner().version, rounds as u64 + 1);
+    assert_exact(&stack, rounds, 3 * burst_total(rounds / 3), last).await;
+}

@@ -7,9 +7,11 @@
 
 mod faults;
 mod helpers;
+mod hostile;
 mod poison;
 mod promql;
 mod queries;
 mod rebuild;
 mod run_local;
+mod security;
 mod telemetry;

@@ -26,7 +26,7 @@ const QUERY_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// A sibling binary of the projector's in the same target folder (built by
 /// `cargo test --workspace`).
-fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_projector")).with_file_name(name);
     assert!(path.exists(), "{} is missing: run `cargo build --workspace` (or the test script) first", path.display());
     path

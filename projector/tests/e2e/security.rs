@@ -1,0 +1,216 @@
+//! Security: the system runs with the least-privilege NATS users of
+//! deploy/k8s/base/nats/auth.conf and each user can do nothing more than its
+//! service needs; and no secret (NATS passwords, the read store's password,
+//! the page-token key) appears in logs, spans or error messages, on the
+//! happy path or when the secret is wrong.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use shared::proto::bank::v1::{
+    self as pb, account_command_service_client::AccountCommandServiceClient,
+    account_query_service_client::AccountQueryServiceClient,
+};
+use testkit::{NatsServer, free_port, otlp::OtlpReceiver};
+use tokio::process::{Child, Command};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::{helpers::*, telemetry::binary};
+
+const WRITE_PASSWORD: &str = "wr1te-S3CRET-7f2a";
+const PROJECTOR_PASSWORD: &str = "pr0j-S3CRET-91cc";
+const STORE_PASSWORD: &str = "st0re-S3CRET-44d1";
+const PAGE_KEY: &str = "pageKey-S3CRET-5be0";
+const WRONG_PASSWORD: &str = "wr0ng-S3CRET-0000";
+const SECRETS: [&str; 5] = [WRITE_PASSWORD, PROJECTOR_PASSWORD, STORE_PASSWORD, PAGE_KEY, WRONG_PASSWORD];
+
+/// deploy/k8s/base/nats/auth.conf for this test's stream and subjects, with
+/// the passwords it reads from the environment filled in.
+fn auth_config() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/base/nats/auth.conf");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .replace("BANK_EVENTS", STREAM)
+        .replace("bank.account.", &format!("{PREFIX}.account."))
+        .replace("$WRITE_SERVICE_NATS_PASSWORD", &format!("\"{WRITE_PASSWORD}\""))
+        .replace("$PROJECTOR_NATS_PASSWORD", &format!("\"{PROJECTOR_PASSWORD}\""))
+}
+
+/// A service binary with its stderr (the logs) captured.
+fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
+    Command::new(binary(name))
+        .env("LISTEN_ADDR", addr.to_string())
+        .env("EVENT_STREAM", STREAM)
+        .env("EVENT_SUBJECT_PREFIX", PREFIX)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Stops `child` (SIGTERM, so it flushes its telemetry) and returns its logs.
+async fn logs_of(child: Child) -> String {
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await;
+    String::from_utf8_lossy(&output.expect("stops on SIGTERM").unwrap().stderr).into_owned()
+}
+
+/// A JetStream client of `user`, with short timeouts: a refused request
+/// shows up as an error, not a hang.
+async fn jetstream_as(nats: &NatsServer, user: &str, password: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    async_nats::jetstream::ContextBuilder::new().timeout(Duration::from_secs(1)).build(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_users_run_the_system_and_no_secret_leaks() {
+    let nats = NatsServer::start_with_config(&auth_config()).await;
+    let receiver = OtlpReceiver::start().await;
+    let store = Store::postgres().await;
+    // PostgreSQL here trusts local connections, so the password is not
+    // checked, but it is in the URL every service is given.
+    let store_url = store.url().replacen("postgres@", &format!("postgres:{STORE_PASSWORD}@"), 1);
+    let common = |user: &str, password: &str| {
+        vec![
+            ("NATS_URL", nats.url()),
+            ("NATS_USER", user.to_owned()),
+            ("NATS_PASSWORD", password.to_owned()),
+            ("READ_STORE_URL", store_url.clone()),
+            ("PAGE_TOKEN_SECRET", PAGE_KEY.to_owned()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
+        ]
+    };
+    let (write_addr, read_addr, projector_addr) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let write = spawn("write-service", write_addr, &common("write-service", WRITE_PASSWORD));
+    wait_for_health(write_addr, ServingStatus::Serving).await;
+    let projector = spawn("projector", projector_addr, &common("projector", PROJECTOR_PASSWORD));
+    let read = spawn("read-service", read_addr, &common("", ""));
+    wait_for_health(read_addr, ServingStatus::Serving).await;
+
+    // The system works with these users: commands, projection, queries.
+    let mut errors = Vec::new();
+    let mut commands = AccountCommandServiceClient::new(channel(write_addr));
+    let mut queries = AccountQueryServiceClient::new(channel(read_addr));
+    for id in ["sec-1", "sec-2"] {
+        let open = pb::OpenAccountRequest { account_id: id.into(), owner: "Owner".into(), command_id: String::new() };
+        commands.open_account(open).await.unwrap();
+    }
+    let deposit = pb::DepositFundsRequest { account_id: "sec-1".into(), amount: 70, ..Default::default() };
+    let last = commands.deposit_funds(deposit).await.unwrap().into_inner();
+    let overdraw = pb::WithdrawFundsRequest { account_id: "sec-2".into(), amount: 5, ..Default::default() };
+    errors.push(commands.withdraw_funds(overdraw).await.unwrap_err());
+    let account = queries
+        .get_account(pb::GetAccountRequest { account_id: "sec-1".into(), min_position: last.position })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account.balance, 70);
+    let page = queries
+        .list_accounts(pb::ListAccountsRequest { page_size: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let forged = pb::ListAccountsRequest {
+        page_size: 1,
+        page_token: format!("{}x", page.next_page_token),
+        ..Default::default()
+    };
+    errors.push(queries.list_accounts(forged).await.unwrap_err());
+    errors.push(
+        queries.get_account(pb::GetAccountRequest { account_id: "no.such".into(), min_position: 0 }).await.unwrap_err(),
+    );
+
+    // ...and nothing more. The projector may not append an event, nor
+    // delete the stream; the write-service may not delete the stream nor
+    // read another service's durable consumer; a stranger cannot connect.
+    let as_projector = jetstream_as(&nats, "projector", PROJECTOR_PASSWORD).await;
+    let forged_event = as_projector.publish(format!("{PREFIX}.account.sec-1"), "forged".into()).await;
+    let refused = match forged_event {
+        Ok(ack) => ack.await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "the projector's user appended an event");
+    assert!(as_projector.delete_stream(STREAM).await.is_err(), "the projector's user deleted the stream");
+    let as_writer = jetstream_as(&nats, "write-service", WRITE_PASSWORD).await;
+    assert!(as_writer.delete_stream(STREAM).await.is_err(), "the write-service's user deleted the stream");
+    assert!(
+        as_writer
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>("projector", STREAM)
+            .await
+            .is_err(),
+        "the write-service's user read the projector's consumer"
+    );
+    let stranger =
+        async_nats::ConnectOptions::with_user_and_password("someone".into(), "guess".into()).connect(nats.url()).await;
+    assert!(stranger.is_err(), "an unknown user connected");
+    let log_length = jetstream_as(&nats, "projector", PROJECTOR_PASSWORD)
+        .await
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(log_length, 3, "only the two openings and the deposit are in the log");
+
+    // A wrong password: the write-service stays NOT_SERVING and says why,
+    // without printing the password it was given.
+    let wrong_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let wrong = spawn("write-service", wrong_addr, &common("write-service", WRONG_PASSWORD));
+    wait_for_health(wrong_addr, ServingStatus::NotServing).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unavailable = AccountCommandServiceClient::new(channel(wrong_addr))
+        .open_account(pb::OpenAccountRequest { account_id: "x".into(), owner: "X".into(), command_id: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(unavailable.code(), Code::Unavailable);
+    errors.push(unavailable);
+    // An unsupported read-store URL holding a password: refused by name,
+    // without the URL.
+    let bad_store = Command::new(binary("projector"))
+        .env("READ_STORE_URL", format!("mysql://cqrs:{STORE_PASSWORD}@db/read_model"))
+        .env("NATS_URL", nats.url())
+        .env("NATS_USER", "projector")
+        .env("NATS_PASSWORD", PROJECTOR_PASSWORD)
+        .env("EVENT_STREAM", STREAM)
+        .env("OTEL_SDK_DISABLED", "true")
+        .arg("rebuild")
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad_store.status.success());
+    let bad_store_output = String::from_utf8_lossy(&bad_store.stderr).into_owned();
+    assert!(bad_store_output.contains("mysql"), "{bad_store_output}");
+
+    let mut everything = vec![bad_store_output];
+    everything.push(logs_of(wrong).await);
+    for child in [write, projector, read] {
+        everything.push(logs_of(child).await);
+    }
+    assert!(everything.iter().any(|logs| logs.contains("NATS")), "the logs were captured: {everything:?}");
+    everything.extend(errors.iter().map(|status| format!("{status:?}")));
+    for span in receiver.spans() {
+        everything.push(format!("{:?}", span.span));
+        everything.push(format!("{:?}", span.resource));
+    }
+    assert!(receiver.spans().len() > 5, "spans were exported");
+    for text in &everything {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "a secret leaked: {secret} in {text}");
+        }
+    }
+}
