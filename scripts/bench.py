@@ -92,7 +92,10 @@ class Stack:
 
     def rss_mib(self, name):
         status = Path(f"/proc/{self.procs[name].pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        found = re.search(r"VmRSS:\s+(\d+) kB", status)
+        if found is None:
+            raise SystemExit(f"bench: {name} is not running any more (see its log in {self.work})")
+        return int(found.group(1)) / 1024
 
     def start_nats(self):
         nats = nats_server()
@@ -230,6 +233,10 @@ def main():
     results = {"concurrencies": concurrencies}
     try:
         run(stack, args, concurrencies, results)
+    except BaseException:
+        # Keep what was measured before the failure.
+        print(json.dumps(results, indent=1, default=str), file=sys.stderr)
+        raise
     finally:
         stack.stop_all()
         if os.environ.get("BENCH_KEEP") is None:
