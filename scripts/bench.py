@@ -4,7 +4,7 @@ latency against its physical limit on the same machine, in one run, with
 the ratios printed as a Markdown report.
 
     python3 scripts/bench.py                 # full run, ~15 min, release build
-    python3 scripts/bench.py --out docs/benchmarks-latest.md
+    python3 scripts/bench.py --out /tmp/benchmarks.md
     python3 scripts/bench.py --smoke --profile debug   # CI: it runs, figures meaningless
 
 Everything runs on a private nats-server (temp store) and temp read stores;
