@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures::{StreamExt, stream::FuturesUnordered};
-use shared::proto::bank::v1 as pb;
-use tonic::Code;
+use shared::proto::bank::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
+use tonic::{Code, transport::Channel};
 
 use crate::{both_stores, helpers::*};
 
@@ -13,9 +13,22 @@ const ACCOUNTS: usize = 8;
 
 /// Deposits `rounds` × 1..=ACCOUNTS concurrently; returns the last position.
 async fn burst(stack: &Stack, rounds: i64) -> u64 {
+    burst_through(&stack.commands, rounds).await
+}
+
+/// [`burst`] through a client of the write-service.
+async fn burst_through(commands: &AccountCommandServiceClient<Channel>, rounds: i64) -> u64 {
     let calls: FuturesUnordered<_> = (0..rounds)
         .flat_map(|round| (0..ACCOUNTS).map(move |i| (round, i)))
-        .map(|(round, i)| async move { stack.deposit(&format!("acc-{i}"), round + 1).await.position })
+        .map(|(round, i)| async move {
+            let request = pb::DepositFundsRequest {
+                account_id: format!("acc-{i}"),
+                amount: round + 1,
+                command_id: String::new(),
+                expected_version: None,
+            };
+            commands.clone().deposit_funds(request).await.unwrap().into_inner().position
+        })
         .collect();
     calls.fold(0, |last, position| async move { last.max(position) }).await
 }
@@ -320,4 +333,28 @@ async fn postgres_connections_killed_under_the_projector_lose_nothing() {
     .await;
     assert_eq!(account.into_inner().version, rounds as u64 + 1);
     assert_exact(&stack, rounds, 3 * burst_total(rounds / 3), last).await;
+}
+
+both_stores!(a_restarted_read_service_answers_the_same_and_catches_up);
+async fn a_restarted_read_service_answers_the_same_and_catches_up(store: Store) {
+    let mut stack = Stack::start(store).await;
+    for i in 0..ACCOUNTS {
+        stack.open(&format!("acc-{i}"), "Owner").await;
+    }
+    let rounds = 30;
+    let first = burst(&stack, rounds / 2).await;
+    let mut before = Vec::new();
+    for i in 0..ACCOUNTS {
+        before.push(stack.account(&format!("acc-{i}"), first).await);
+    }
+
+    // Restart it while writes go on: the new one answers at least what the
+    // old one did, and read-your-writes holds across the restart.
+    let commands = stack.commands.clone();
+    let (last, ()) = tokio::join!(burst_through(&commands, rounds / 2), stack.restart_read_service());
+    for (i, earlier) in before.iter().enumerate() {
+        let now = stack.account(&format!("acc-{i}"), first).await;
+        assert!(now.version >= earlier.version && now.balance >= earlier.balance, "{earlier:?} then {now:?}");
+    }
+    assert_exact(&stack, rounds, 2 * burst_total(rounds / 2), last).await;
 }

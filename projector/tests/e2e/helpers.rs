@@ -212,6 +212,13 @@ impl Stack {
         Self { nats, store, projector, _write: write, _read: read, commands, queries }
     }
 
+    /// Stops the read-service (aborting whatever it was doing) and starts a
+    /// new one on the same store, on a new port.
+    pub(crate) async fn restart_read_service(&mut self) {
+        self._read = spawn_read_service(&self.store.url(), &[]).await;
+        self.queries = AccountQueryServiceClient::new(channel(self._read.addr));
+    }
+
     pub(crate) async fn restart_projector(&mut self, env: &[(&str, &str)]) {
         self.projector = ProjectorProcess::spawn(&self.nats.url(), &self.store.url(), env).await;
     }

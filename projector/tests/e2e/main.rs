@@ -14,4 +14,5 @@ mod queries;
 mod rebuild;
 mod run_local;
 mod security;
+mod soak;
 mod telemetry;

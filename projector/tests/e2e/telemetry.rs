@@ -32,7 +32,7 @@ pub(crate) fn binary(name: &str) -> PathBuf {
     path
 }
 
-fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
+pub(crate) fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
     Command::new(binary(name))
         .env("LISTEN_ADDR", addr.to_string())
         .env("EVENT_STREAM", STREAM)
@@ -45,7 +45,7 @@ fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
         .unwrap()
 }
 
-async fn stop(mut child: Child) {
+pub(crate) async fn stop(mut child: Child) {
     let pid = child.id().unwrap().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits on SIGTERM").unwrap();
