@@ -50,7 +50,7 @@ pub struct Config {
     /// The read store: `sqlite://PATH` (created if missing) or
     /// `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db", hide_env_values = true)]
-    pub read_store_url: String,
+    pub read_store_url: shared::secrets::Secret,
 
     /// Name of the durable JetStream consumer.
     #[arg(long, env = "PROJECTOR_CONSUMER", default_value = "projector")]

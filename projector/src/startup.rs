@@ -82,7 +82,7 @@ pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream:
         .await
         .map_err(ProjectorError::event_log)?
         .max_reconnects(None)
-        .connect(config.nats.url.as_str())
+        .connect(config.nats.url.expose())
         .await
         .map_err(ProjectorError::event_log)?;
     let jetstream = jetstream::ContextBuilder::new().timeout(config.nats.request_timeout).build(client);
@@ -90,5 +90,5 @@ pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream:
 }
 
 async fn connect_store(config: &Config) -> ReadStore {
-    retry::until_ok("the read store", || ReadStore::connect(&config.read_store_url, 4)).await
+    retry::until_ok("the read store", || ReadStore::connect(config.read_store_url.expose(), 4)).await
 }

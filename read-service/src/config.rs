@@ -16,7 +16,7 @@ pub struct Config {
     /// The read store the projector writes: `sqlite://PATH` or
     /// `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db", hide_env_values = true)]
-    pub read_store_url: String,
+    pub read_store_url: shared::secrets::Secret,
 
     /// Connections to the read store.
     #[arg(long, env = "READ_STORE_MAX_CONNECTIONS", default_value_t = 8)]
@@ -31,7 +31,7 @@ pub struct Config {
     /// token only works on the replica that issued it. Unset: a random
     /// secret per process (fine for one local replica).
     #[arg(long, env = "PAGE_TOKEN_SECRET", hide_env_values = true)]
-    pub page_token_secret: Option<String>,
+    pub page_token_secret: Option<shared::secrets::Secret>,
 
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]

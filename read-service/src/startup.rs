@@ -72,11 +72,11 @@ impl Application {
 /// Connects to the read store, retrying, then reports SERVING.
 async fn connect(config: Config, slot: Arc<std::sync::OnceLock<Queries>>, reporter: HealthReporter) {
     let store = retry::until_ok("the read store", || {
-        ReadStore::connect(&config.read_store_url, config.read_store_max_connections)
+        ReadStore::connect(config.read_store_url.expose(), config.read_store_max_connections)
     })
     .await;
     let secret = match &config.page_token_secret {
-        Some(secret) => secret.as_bytes().to_vec(),
+        Some(secret) => secret.expose().as_bytes().to_vec(),
         None => {
             tracing::warn!("PAGE_TOKEN_SECRET is not set: page tokens only work on this replica until it restarts");
             random_secret()

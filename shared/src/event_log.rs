@@ -4,6 +4,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::secrets::Secret;
+
 /// How to reach NATS. Shared by every service that talks to it.
 /// Authentication is one of: a credentials file (JWT + nkey seed, NATS's
 /// decentralised auth), user and password, or a token; in the URL
@@ -14,7 +16,7 @@ use std::{path::PathBuf, time::Duration};
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated (`tls://` to require TLS).
     #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222", hide_env_values = true)]
-    pub url: String,
+    pub url: Secret,
 
     /// How long to wait for a JetStream answer (publish ack, direct get)
     /// before reporting the event log unavailable.
@@ -31,11 +33,11 @@ pub struct NatsArgs {
 
     /// Password for user/password authentication.
     #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true, requires = "user")]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 
     /// Token for token authentication.
     #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 
     /// CA certificate (PEM) to verify the NATS servers with; implies TLS.
     #[arg(long = "nats-tls-ca-file", env = "NATS_TLS_CA_FILE")]
@@ -62,10 +64,10 @@ impl NatsArgs {
         };
         options = options.name(name);
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            options = options.user_and_password(user.clone(), password.clone());
+            options = options.user_and_password(user.clone(), password.expose().to_owned());
         }
         if let Some(token) = &self.token {
-            options = options.token(token.clone());
+            options = options.token(token.expose().to_owned());
         }
         if let Some(ca) = &self.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);

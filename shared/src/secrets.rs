@@ -1,6 +1,35 @@
-//! Keeping credentials out of logs, spans and error messages. URLs carry
-//! them (`postgres://user:password@host/db`, `nats://token@host`), so any
-//! URL that is printed goes through [`redact_url`] first.
+//! Keeping credentials out of logs, spans and error messages. Settings that
+//! are or may hold a secret are [`Secret`]s, whose `Debug` prints `***`;
+//! URLs carry credentials (`postgres://user:password@host/db`,
+//! `nats://token@host`), so any URL that is printed goes through
+//! [`redact_url`] first.
+
+use std::fmt;
+
+/// A setting that must never be printed (a password, a key, a URL with
+/// credentials). `Debug` shows `***`; [`Secret::expose`] gives the value to
+/// the one place that uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the code that needs it (never for printing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
 
 /// `url` without its credentials: the user-info part (user, password, or a
 /// token in the user position) becomes `***`. Works on comma-separated
@@ -27,6 +56,13 @@ fn redact_one(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_is_never_debug_printed() {
+        let secret = Secret::from("hunter2".to_owned());
+        assert_eq!(format!("{secret:?} {:?}", Some(&secret)), "*** Some(***)");
+        assert_eq!(secret.expose(), "hunter2");
+    }
 
     #[test]
     fn credentials_never_survive() {

@@ -118,10 +118,10 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
             }
         }
     });
-    let client = match options.connect(config.nats.url.as_str()).await {
+    let client = match options.connect(config.nats.url.expose()).await {
         Ok(client) => client,
         Err(error) => {
-            let url = shared::secrets::redact_url(&config.nats.url);
+            let url = shared::secrets::redact_url(config.nats.url.expose());
             tracing::error!(%error, %url, "cannot use the NATS URL; staying NOT_SERVING");
             return;
         }

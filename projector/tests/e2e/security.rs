@@ -214,3 +214,28 @@ async fn least_privilege_users_run_the_system_and_no_secret_leaks() {
         }
     }
 }
+
+/// Should a configuration ever be logged (`?config`), no secret is in it.
+#[test]
+fn configurations_never_print_their_secrets() {
+    use clap::Parser;
+    let nats = ["--nats-url", "nats://tok3n-S3CRET@nats:4222", "--nats-user", "w", "--nats-password", WRITE_PASSWORD];
+    let store = format!("postgres://cqrs:{STORE_PASSWORD}@db/read_model");
+    let write = write_service::config::Config::parse_from([&["write-service"][..], &nats].concat());
+    let projector = projector::config::Cli::parse_from(
+        [&["projector", "--read-store-url", &store, "--nats-token", PROJECTOR_PASSWORD][..], &nats].concat(),
+    );
+    let read = read_service::config::Config::parse_from([
+        "read-service",
+        "--read-store-url",
+        &store,
+        "--page-token-secret",
+        PAGE_KEY,
+    ]);
+    for printed in [format!("{write:?}"), format!("{projector:?}"), format!("{read:?}")] {
+        for secret in [WRITE_PASSWORD, PROJECTOR_PASSWORD, STORE_PASSWORD, PAGE_KEY, "tok3n-S3CRET"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("***"), "{printed}");
+    }
+}
