@@ -15,7 +15,10 @@ use tokio::process::{Child, Command};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::{helpers::*, telemetry::binary};
+use crate::{
+    helpers::*,
+    telemetry::{binary, service_command},
+};
 
 const WRITE_PASSWORD: &str = "wr1te-S3CRET-7f2a";
 const PROJECTOR_PASSWORD: &str = "pr0j-S3CRET-91cc";
@@ -38,17 +41,7 @@ fn auth_config() -> String {
 
 /// A service binary with its stderr (the logs) captured.
 fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
-    Command::new(binary(name))
-        .env("LISTEN_ADDR", addr.to_string())
-        .env("EVENT_STREAM", STREAM)
-        .env("EVENT_SUBJECT_PREFIX", PREFIX)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    service_command(name, addr, env).env("RUST_LOG", "info").stderr(Stdio::piped()).spawn().unwrap()
 }
 
 /// Stops `child` (SIGTERM, so it flushes its telemetry) and returns its logs.

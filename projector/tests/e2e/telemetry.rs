@@ -32,17 +32,23 @@ pub(crate) fn binary(name: &str) -> PathBuf {
     path
 }
 
-pub(crate) fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
-    Command::new(binary(name))
+/// The service binary `name` on `addr`, on this suite's stream, with `env`
+/// on top; killed when dropped.
+pub(crate) fn service_command(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(binary(name));
+    command
         .env("LISTEN_ADDR", addr.to_string())
         .env("EVENT_STREAM", STREAM)
         .env("EVENT_SUBJECT_PREFIX", PREFIX)
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    command
+}
+
+pub(crate) fn spawn(name: &str, addr: SocketAddr, env: &[(&str, String)]) -> Child {
+    service_command(name, addr, env).spawn().unwrap()
 }
 
 pub(crate) async fn stop(mut child: Child) {
