@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates deploy/ offline, with the tools scripts/setup.sh installs:
-#   - the NATS configs load (`nats-server -t`, the same release as the image),
+#   - the NATS configs load (`nats-server -t`, the same release as the image,
+#     with throwaway certificates for prod's TLS),
 #   - every overlay renders (`kubectl kustomize`) and validates against the
 #     Kubernetes schemas in strict mode, with no warning,
 #   - the rendered manifests pass checkov (each skip is annotated, with its
@@ -24,7 +25,13 @@ step "nats-server -t"
 for config in deploy/k8s/base/nats/nats.conf deploy/k8s/overlays/prod/nats.conf; do
   dir="$out/nats-$(basename "$(dirname "$config")")"
   mkdir -p "$dir"
-  cp "$config" "$dir/nats.conf"
+  # The prod config names the mounted TLS Secret's files: stand in
+  # throwaway ones (nats-server -t loads them).
+  mkdir -p "$dir/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=nats \
+    -addext subjectAltName=DNS:nats -keyout "$dir/tls/tls.key" -out "$dir/tls/tls.crt" 2>/dev/null
+  cp "$dir/tls/tls.crt" "$dir/tls/ca.crt"
+  sed "s#/etc/nats-tls/#$dir/tls/#" "$config" > "$dir/nats.conf"
   cp deploy/k8s/base/nats/auth.conf "$dir/auth.conf"
   WRITE_SERVICE_NATS_PASSWORD=x PROJECTOR_NATS_PASSWORD=x POD_NAME=nats-0 "$tools/nats-server" -t -c "$dir/nats.conf"
 done

@@ -2,7 +2,7 @@
 //! drive a local stack (`scripts/run-local.sh`) hard enough to make the
 //! dashboards worth looking at.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -22,6 +22,19 @@ pub struct Config {
     /// read-service's address.
     #[arg(long, env = "LOADGEN_READ_ADDR", default_value = "http://127.0.0.1:50052")]
     pub read_addr: String,
+
+    /// CA certificate (PEM) to verify `https://` addresses with.
+    #[arg(long, env = "LOADGEN_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for servers that require mutual TLS, with
+    /// `--tls-key-file`.
+    #[arg(long, env = "LOADGEN_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "LOADGEN_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 
     /// How many accounts the load spreads over (`loadgen-0` ...).
     #[arg(long, default_value_t = 1_000)]

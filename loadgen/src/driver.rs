@@ -24,7 +24,10 @@ use shared::{
     },
 };
 use tokio::sync::Semaphore;
-use tonic::{Code, transport::Channel};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 
 use crate::{
     config::Config,
@@ -40,6 +43,21 @@ const LAG_SAMPLE: u64 = 10;
 pub enum DriverError {
     #[error("invalid address {0}: {1}")]
     Address(String, String),
+    #[error("cannot read the TLS file {0}: {1}")]
+    TlsFile(std::path::PathBuf, std::io::Error),
+}
+
+/// TLS for `https://` addresses, when a CA or a client certificate is given.
+fn client_tls(config: &Config) -> Result<Option<ClientTlsConfig>, DriverError> {
+    let read = |path: &std::path::PathBuf| std::fs::read(path).map_err(|e| DriverError::TlsFile(path.clone(), e));
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &config.tls_ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok((config.tls_ca_file.is_some() || config.tls_cert_file.is_some()).then_some(tls))
 }
 
 /// Shared by all workers.
@@ -60,10 +78,14 @@ fn lock(recorder: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
 
 /// Runs `config`'s load and returns the report.
 pub async fn run(config: &Config) -> Result<Report, DriverError> {
+    let tls = client_tls(config)?;
     let channel = |addr: &str| {
-        Channel::from_shared(addr.to_owned())
-            .map(|endpoint| endpoint.connect_lazy())
-            .map_err(|e| DriverError::Address(addr.to_owned(), e.to_string()))
+        let invalid = |e: &dyn std::fmt::Display| DriverError::Address(addr.to_owned(), e.to_string());
+        let mut endpoint = Channel::from_shared(addr.to_owned()).map_err(|e| invalid(&e))?;
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| invalid(&e))?;
+        }
+        Ok::<_, DriverError>(endpoint.connect_lazy())
     };
     let target = Arc::new(Target {
         commands: AccountCommandServiceClient::new(channel(&config.write_addr)?),

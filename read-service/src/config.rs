@@ -13,6 +13,15 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
     pub listen_addr: SocketAddr,
 
+    /// Also answer health checks, in plaintext, on this address (for
+    /// kubelet gRPC probes, which cannot speak TLS). Unset: health is only
+    /// on LISTEN_ADDR.
+    #[arg(long, env = "HEALTH_LISTEN_ADDR")]
+    pub health_listen_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub tls: shared::grpc_server::ServerTlsArgs,
+
     /// The read store the projector writes: `sqlite://PATH` or
     /// `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db", hide_env_values = true)]

@@ -1,10 +1,17 @@
-//! What every gRPC server here does the same way: reflection (v1 and
-//! v1alpha, so every grpcurl works), health reporting for `""` and the
-//! service's own name, and a bounded drain on shutdown.
+//! What every gRPC server here does the same way: TLS from PEM files,
+//! reflection (v1 and v1alpha, so every grpcurl works), health reporting
+//! for `""` and the service's own name (also on a plaintext port for probes
+//! when the main one needs TLS), and a bounded drain on shutdown.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{
     ServingStatus,
     pb::health_server::{Health, HealthServer},
@@ -27,9 +34,66 @@ pub enum ServeError {
     /// The reflection service could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(#[from] Error),
+    /// A TLS file (certificate, key or CA) cannot be read.
+    #[error("cannot read the TLS file {path}: {source}")]
+    TlsFile { path: PathBuf, source: std::io::Error },
+    /// The TLS files do not make a usable configuration (not PEM, a key
+    /// that does not match the certificate...).
+    #[error("invalid gRPC TLS configuration: {0}")]
+    Tls(tonic::transport::Error),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+}
+
+/// TLS for a gRPC server, from PEM files (a mounted `kubernetes.io/tls`
+/// Secret). Without a certificate the server speaks plaintext HTTP/2: for
+/// local runs, or behind a mesh whose sidecar terminates TLS. The files are
+/// read at start: a rotated certificate takes effect on the next restart.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// Server certificate chain (PEM). With GRPC_TLS_KEY_FILE set too, the
+    /// gRPC port accepts TLS connections only.
+    #[arg(long = "grpc-tls-cert-file", env = "GRPC_TLS_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The server certificate's private key (PEM).
+    #[arg(long = "grpc-tls-key-file", env = "GRPC_TLS_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that clients must present a certificate of
+    /// (mutual TLS). Unset: any client that trusts the server may call.
+    #[arg(long = "grpc-tls-client-ca-file", env = "GRPC_TLS_CLIENT_CA_FILE", requires = "cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// The TLS configuration, or `None` for plaintext. Errors name the
+    /// file, never its contents.
+    pub fn server_config(&self) -> Result<Option<ServerTlsConfig>, ServeError> {
+        let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else { return Ok(None) };
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+        if let Some(ca) = &self.client_ca_file {
+            config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+        }
+        Ok(Some(config))
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.to_owned(), source })
+}
+
+/// A server builder with the connection policy every service here uses:
+/// TLS when configured, and connections recycled after
+/// `max_connection_age` (HTTP/2 GOAWAY; in-flight calls get `grace`) so that
+/// long-lived clients spread over new replicas.
+pub fn server(tls: &ServerTlsArgs, max_connection_age: Duration, grace: Duration) -> Result<Server, ServeError> {
+    let builder = Server::builder().max_connection_age(max_connection_age).max_connection_age_grace(grace);
+    match tls.server_config()? {
+        Some(config) => builder.tls_config(config).map_err(ServeError::Tls),
+        None => Ok(builder),
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port).
@@ -62,6 +126,18 @@ pub async fn health(service: &str) -> (HealthReporter, HealthServer<impl Health>
     set_health(&reporter, service, ServingStatus::NotServing).await;
     reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
     (reporter, server)
+}
+
+/// Serves `health` alone, in plaintext, on `listener` until the task is
+/// aborted: kubelet's gRPC probes cannot speak TLS, so when the main port
+/// requires it they ask this one (HEALTH_LISTEN_ADDR).
+pub fn serve_health_only(listener: TcpListener, health: HealthServer<impl Health>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        if let Err(error) = Server::builder().add_service(health).serve_with_incoming(incoming).await {
+            tracing::error!(%error, "the health endpoint failed");
+        }
+    })
 }
 
 /// Sets the health of the server (`""`) and of `service` together.

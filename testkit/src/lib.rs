@@ -1,7 +1,8 @@
 //! Test support: a private `nats-server` with JetStream per test, on a free
 //! port with its own store, that a test can kill (SIGKILL) and restart on
 //! the same port and store; a real OTLP receiver ([`otlp`]); and helpers to
-//! wait for effects with a deadline instead of sleeping.
+//! wait for effects with a deadline instead of sleeping; a throwaway PKI
+//! for TLS tests ([`tls`]).
 //!
 //! The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`, else
 //! Debian's `/usr/sbin/nats-server`.
@@ -9,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: fail loudly
 
 pub mod otlp;
+pub mod tls;
 
 use std::{
     future::Future,

@@ -37,14 +37,22 @@ pub use shared::grpc_server::ServeError as StartupError;
 /// A bound, not yet running write-service.
 pub struct Application {
     listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    server: Server,
     config: Config,
 }
 
 impl Application {
-    /// Binds the listener (port 0 picks a free port).
+    /// Binds the listeners (port 0 picks a free port) and loads the TLS
+    /// files, so that a bad address or certificate stops the start.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let server = grpc_server::server(&config.tls, config.max_connection_age, config.shutdown_grace)?;
         let listener = grpc_server::bind(config.listen_addr).await?;
-        Ok(Self { listener, config })
+        let health_listener = match config.health_listen_addr {
+            Some(addr) => Some(grpc_server::bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { listener, health_listener, server, config })
     }
 
     /// The address the server listens on.
@@ -59,8 +67,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Self { listener, config } = self;
+        let Self { listener, health_listener, server, config } = self;
         let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
+        let health_only =
+            health_listener.map(|listener| grpc_server::serve_health_only(listener, health_service.clone()));
 
         let accounts = Arc::new(Accounts::new(config.account_cache_capacity, config.reply_cache_capacity));
         let connector = tokio::spawn(connect_event_log(config.clone(), Arc::downgrade(&accounts), reporter.clone()));
@@ -69,10 +79,8 @@ impl Application {
         let commands =
             CommandService::server(Arc::clone(&accounts)).max_decoding_message_size(config.max_request_bytes);
         let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
-        tracing::info!(addr = %config.listen_addr, "write-service listening");
-        let server = Server::builder()
-            .max_connection_age(config.max_connection_age)
-            .max_connection_age_grace(config.shutdown_grace)
+        tracing::info!(addr = %config.listen_addr, tls = config.tls.cert_file.is_some(), "write-service listening");
+        let server = server
             .layer(GrpcServerTelemetryLayer::new("write"))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -81,6 +89,9 @@ impl Application {
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         let result = drain.run(server).await.map_err(StartupError::from);
         connector.abort();
+        if let Some(task) = health_only {
+            task.abort();
+        }
         tracing::info!("write-service stopped");
         result
     }

@@ -2,7 +2,8 @@
 //! deploy/k8s/base/nats/auth.conf and each user can do nothing more than its
 //! service needs; and no secret (NATS passwords, the read store's password,
 //! the page-token key) appears in logs, spans or error messages, on the
-//! happy path or when the secret is wrong.
+//! happy path or when the secret is wrong; and with TLS configured, the
+//! gRPC servers and NATS accept nothing else.
 
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
@@ -10,14 +11,17 @@ use shared::proto::bank::v1::{
     self as pb, account_command_service_client::AccountCommandServiceClient,
     account_query_service_client::AccountQueryServiceClient,
 };
-use testkit::{NatsServer, free_port, otlp::OtlpReceiver};
+use testkit::{NatsServer, free_port, otlp::OtlpReceiver, tls::TestPki};
 use tokio::process::{Child, Command};
-use tonic::Code;
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
     helpers::*,
-    telemetry::{binary, service_command},
+    telemetry::{self, binary, service_command},
 };
 
 const WRITE_PASSWORD: &str = "wr1te-S3CRET-7f2a";
@@ -230,5 +234,142 @@ fn configurations_never_print_their_secrets() {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
         assert!(printed.contains("***"), "{printed}");
+    }
+}
+
+/// A channel to `addr` over TLS, trusting the test CA, presenting the
+/// client certificate when `client_cert`.
+async fn tls_channel(pki: &TestPki, addr: SocketAddr, client_cert: bool) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(TestPki::pem(&pki.ca_cert())))
+        .domain_name("localhost");
+    if client_cert {
+        let (cert, key) = pki.client();
+        tls = tls.identity(Identity::from_pem(TestPki::pem(&cert), TestPki::pem(&key)));
+    }
+    Channel::from_shared(format!("https://localhost:{}", addr.port())).unwrap().tls_config(tls)?.connect().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_nats_speak_tls_only() {
+    let pki = TestPki::generate();
+    let (server_cert, server_key) = pki.server();
+    let (client_cert, client_key) = pki.client();
+    // NATS with TLS required and client certificates verified (mutual TLS).
+    let nats = NatsServer::start_with_config(&format!(
+        "tls {{\n  cert_file: {server_cert:?}\n  key_file: {server_key:?}\n  ca_file: {:?}\n  verify: true\n}}\n",
+        pki.ca_cert()
+    ))
+    .await;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let nats_tls = vec![
+        ("NATS_URL", format!("tls://127.0.0.1:{}", nats.port())),
+        ("NATS_TLS_CA_FILE", path(&pki.ca_cert())),
+        ("NATS_TLS_CERT_FILE", path(&client_cert)),
+        ("NATS_TLS_KEY_FILE", path(&client_key)),
+        ("OTEL_SDK_DISABLED", "true".to_owned()),
+    ];
+    let grpc_tls = [("GRPC_TLS_CERT_FILE", path(&server_cert)), ("GRPC_TLS_KEY_FILE", path(&server_key))];
+    let store = Store::sqlite();
+    let [write_addr, write_health, read_addr, read_health, projector_addr] =
+        std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+
+    // The write-service requires client certificates too; the read-service
+    // only serves TLS. Each answers plaintext health on its own port.
+    let mut write_env = [&nats_tls[..], &grpc_tls[..]].concat();
+    write_env.push(("GRPC_TLS_CLIENT_CA_FILE", path(&pki.ca_cert())));
+    write_env.push(("HEALTH_LISTEN_ADDR", write_health.to_string()));
+    let mut read_env = grpc_tls.to_vec();
+    read_env.push(("READ_STORE_URL", store.url()));
+    read_env.push(("HEALTH_LISTEN_ADDR", read_health.to_string()));
+    read_env.push(("OTEL_SDK_DISABLED", "true".to_owned()));
+    let mut projector_env = nats_tls.clone();
+    projector_env.push(("READ_STORE_URL", store.url()));
+
+    let _write = telemetry::spawn("write-service", write_addr, &write_env);
+    let _projector = telemetry::spawn("projector", projector_addr, &projector_env);
+    let _read = telemetry::spawn("read-service", read_addr, &read_env);
+    // SERVING on the write side means its NATS connection (TLS, client
+    // certificate) is up and the stream exists.
+    wait_for_health(write_health, ServingStatus::Serving).await;
+    wait_for_health(read_health, ServingStatus::Serving).await;
+
+    let mut commands = AccountCommandServiceClient::new(tls_channel(&pki, write_addr, true).await.unwrap());
+    let open = pb::OpenAccountRequest { account_id: "tls-1".into(), owner: "Owner".into(), command_id: String::new() };
+    commands.open_account(open).await.unwrap();
+    let deposit = pb::DepositFundsRequest { account_id: "tls-1".into(), amount: 42, ..Default::default() };
+    let last = commands.deposit_funds(deposit).await.unwrap().into_inner();
+    // The projector read the events over TLS too.
+    let mut queries = AccountQueryServiceClient::new(tls_channel(&pki, read_addr, false).await.unwrap());
+    let account = queries
+        .get_account(pb::GetAccountRequest { account_id: "tls-1".into(), min_position: last.position })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account.balance, 42);
+
+    // Nothing gets through without TLS, nor without a client certificate
+    // where one is required.
+    let plaintext = AccountQueryServiceClient::new(channel(read_addr))
+        .get_account(pb::GetAccountRequest { account_id: "tls-1".into(), min_position: 0 })
+        .await;
+    // (The client sees the TLS handshake bytes as a broken HTTP/2 stream.)
+    assert!(plaintext.is_err(), "a plaintext call was answered: {plaintext:?}");
+    let anonymous = match tls_channel(&pki, write_addr, false).await {
+        Ok(channel) => AccountCommandServiceClient::new(channel)
+            .deposit_funds(pb::DepositFundsRequest { account_id: "tls-1".into(), amount: 1, ..Default::default() })
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(anonymous, "a client without a certificate was served by the mutual-TLS write-service");
+    let plaintext_nats =
+        async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)).connect(nats.url()).await;
+    assert!(plaintext_nats.is_err(), "NATS accepted a client without TLS and a certificate");
+    let balance = queries
+        .get_account(pb::GetAccountRequest { account_id: "tls-1".into(), min_position: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .balance;
+    assert_eq!(balance, 42, "the refused deposit changed nothing");
+
+    // loadgen speaks TLS (and presents its certificate) too.
+    let load = Command::new(binary("loadgen"))
+        .args(["mixed", "--json", "--read-your-writes", "--accounts", "5", "--duration", "1s", "--concurrency", "2"])
+        .args(["--write-addr", &format!("https://localhost:{}", write_addr.port())])
+        .args(["--read-addr", &format!("https://localhost:{}", read_addr.port())])
+        .args(["--tls-ca-file", &path(&pki.ca_cert())])
+        .args(["--tls-cert-file", &path(&client_cert), "--tls-key-file", &path(&client_key)])
+        .env("OTEL_SDK_DISABLED", "true")
+        .output()
+        .await
+        .unwrap();
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&load.stdout).unwrap();
+    let operations = report["operations"].as_array().unwrap();
+    assert!(operations.iter().any(|operation| operation["count"].as_u64() > Some(0)), "{report}");
+    for operation in operations {
+        assert_eq!(operation["errors"], serde_json::json!({}), "{operation}");
+    }
+}
+
+/// A certificate that cannot be read stops the service at start, naming the
+/// file.
+#[tokio::test]
+async fn an_unreadable_certificate_stops_the_start() {
+    let missing = "/nonexistent/tls.crt";
+    for name in ["write-service", "read-service"] {
+        let output = Command::new(binary(name))
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("GRPC_TLS_CERT_FILE", missing)
+            .env("GRPC_TLS_KEY_FILE", "/nonexistent/tls.key")
+            .env("OTEL_SDK_DISABLED", "true")
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{name} started without its certificate");
+        let logs = String::from_utf8_lossy(&output.stderr);
+        assert!(logs.contains(missing), "{name} did not name the file: {logs}");
     }
 }
