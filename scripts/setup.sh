@@ -6,7 +6,8 @@
 # kustomize, kubernetes-validate, checkov, and the nats-server release the
 # images use, for `nats-server -t`); and starts the local PostgreSQL cluster
 # if it is installed but stopped (the PostgreSQL read-store tests use it).
-# The Rust toolchain itself is assumed (rustup).
+# cargo-fuzz for the fuzz targets (scripts/fuzz.sh). The Rust toolchain
+# itself is assumed (rustup; a nightly one gives the fuzzers AddressSanitizer).
 set -euo pipefail
 
 apt_updated=false
@@ -33,6 +34,11 @@ if command -v pg_ctlcluster >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>
   for version in $(ls /etc/postgresql 2>/dev/null); do
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   done
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install -q --locked cargo-fuzz@0.13.2
 fi
 
 if ! command -v promtool >/dev/null; then

@@ -21,7 +21,7 @@ static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
 /// The context a gRPC (HTTP) request carries; a missing or malformed
 /// `traceparent` yields an empty context, so the server starts a new trace.
 pub fn extract_from_http(headers: &http::HeaderMap) -> Context {
-    PROPAGATOR.extract(&opentelemetry_http::HeaderExtractor(headers))
+    PROPAGATOR.extract(&WellFormed(opentelemetry_http::HeaderExtractor(headers)))
 }
 
 /// Writes `cx` into a gRPC request's metadata (what a client sends).
@@ -36,7 +36,48 @@ pub fn inject_into_nats(cx: &Context, headers: &mut async_nats::HeaderMap) {
 
 /// The context a NATS message carries (see [`extract_from_http`]).
 pub fn extract_from_nats(headers: &async_nats::HeaderMap) -> Context {
-    PROPAGATOR.extract(&NatsHeaderExtractor(headers))
+    PROPAGATOR.extract(&WellFormed(NatsHeaderExtractor(headers)))
+}
+
+/// Hides a `traceparent` that is not of the W3C shape. The SDK's parser
+/// checks the fields' values but not their lengths: it takes
+/// `00-3-32-01` as trace id 0x3, span id 0x32 (found by the trace_context
+/// fuzz target), where the specification says to ignore the header and
+/// start a new trace.
+struct WellFormed<E>(E);
+
+impl<E: Extractor> Extractor for WellFormed<E> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = self.0.get(key)?;
+        (key != TRACEPARENT || is_well_formed_traceparent(value)).then_some(value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys()
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// `version-traceid-parentid-flags`, lowercase hex of 2, 32, 16 and 2
+/// digits; version `ff` is invalid and version `00` has exactly these four
+/// fields (later versions may append more). Surrounding whitespace is
+/// allowed, as the SDK trims it.
+fn is_well_formed_traceparent(value: &str) -> bool {
+    let hex =
+        |field: &str, len: usize| field.len() == len && field.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let mut fields = value.trim().split('-');
+    match (fields.next(), fields.next(), fields.next(), fields.next()) {
+        (Some(version), Some(trace_id), Some(span_id), Some(flags)) => {
+            hex(version, 2)
+                && version != "ff"
+                && hex(trace_id, 32)
+                && hex(span_id, 16)
+                && hex(flags, 2)
+                && (version != "00" || fields.next().is_none())
+        }
+        _ => false,
+    }
 }
 
 struct GrpcMetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
@@ -55,7 +96,13 @@ struct NatsHeaderInjector<'a>(&'a mut async_nats::HeaderMap);
 
 impl Injector for NatsHeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        // async-nats panics on a name or value that cannot travel in a
+        // header (`\r`, `\n`); the propagators never produce one, but a
+        // context must never fail a publish, so such a field is dropped.
+        if let (Ok(key), Ok(value)) = (key.parse::<async_nats::HeaderName>(), value.parse::<async_nats::HeaderValue>())
+        {
+            self.0.insert(key, value);
+        }
     }
 }
 
@@ -97,6 +144,29 @@ mod tests {
         let extracted = extract_from_nats(&headers);
         assert_eq!(extracted.span().span_context().trace_id(), span_context.trace_id());
         assert_eq!(extracted.span().span_context().span_id(), span_context.span_id());
+    }
+
+    #[test]
+    fn a_traceparent_with_fields_of_the_wrong_length_yields_no_parent() {
+        for malformed in [
+            "00-3-32-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("traceparent", malformed);
+            assert!(!extract_from_nats(&headers).span().span_context().is_valid(), "{malformed}");
+        }
+        for well_formed in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            " 01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future ",
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("traceparent", http::HeaderValue::from_static(well_formed));
+            assert!(extract_from_http(&headers).span().span_context().is_valid(), "{well_formed}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! port with its own store, that a test can kill (SIGKILL) and restart on
 //! the same port and store; a real OTLP receiver ([`otlp`]); and helpers to
 //! wait for effects with a deadline instead of sleeping; a throwaway PKI
-//! for TLS tests ([`tls`]).
+//! for TLS tests ([`tls`]); a private PostgreSQL that a test can crash
+//! ([`postgres`]).
 //!
 //! The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`, else
 //! Debian's `/usr/sbin/nats-server`.
@@ -10,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: fail loudly
 
 pub mod otlp;
+pub mod postgres;
 pub mod tls;
 
 use std::{

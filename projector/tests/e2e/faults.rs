@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use futures::{StreamExt, stream::FuturesUnordered};
+use prost::Message;
 use shared::proto::bank::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
+use testkit::postgres::PostgresServer;
 use tonic::{Code, transport::Channel};
 
 use crate::{both_stores, helpers::*};
@@ -103,6 +105,69 @@ async fn a_stalled_read_store_delays_but_never_reorders_or_drops(store: Store) {
 
     let last = during.max(burst(&stack, 5).await);
     assert_exact(&stack, 20, burst_total(5) + burst_total(10) + burst_total(5), last).await;
+}
+
+/// A read store that stalls while the log keeps growing: the projector
+/// holds no more than its consumer lets it (`max_ack_pending` = 2 × batch),
+/// so tens of megabytes of events wait in JetStream, not in its memory, and
+/// it catches up once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_read_store_leaves_the_backlog_in_the_log_not_in_memory() {
+    const BATCH: u64 = 100;
+    const EVENTS: u64 = 20_000;
+    const PADDING: usize = 2_000;
+    let batch = BATCH.to_string();
+    let stack = Stack::start_with(Store::sqlite(), &[("PROJECTOR_BATCH_SIZE", &batch)], &[]).await;
+    let opened = stack.open("big", "Owner").await;
+    stack.account("big", opened.position).await;
+    let pid = stack.projector.child.id().unwrap();
+    let before = rss_mib(pid);
+
+    let lock = StoreLock::take(&stack.store).await;
+    // Deposits appended straight to the log, each padded to ~2 KB with a
+    // field the schema does not have (decoders skip unknown fields): 40 MB
+    // of backlog.
+    let jetstream = stack.jetstream().await;
+    let mut payload = pb::FundsDeposited { account_id: "big".into(), amount: 1 }.encode_to_vec();
+    payload.extend_from_slice(&[15 << 3 | 2, 0xd0, 0x0f]); // field 15, length-delimited, 2000 bytes
+    payload.extend(std::iter::repeat_n(b'x', PADDING));
+    let payload = bytes::Bytes::from(payload);
+    let mut last = 0;
+    for chunk in (2..EVENTS + 2).collect::<Vec<_>>().chunks(500) {
+        let mut acks = Vec::new();
+        for version in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("ce-type", "bank.v1.FundsDeposited");
+            headers.insert("ce-subject", "big");
+            headers.insert("ce-aggregateversion", version.to_string().as_str());
+            headers.insert("ce-time", "2026-11-26T10:00:00Z");
+            acks.push(jetstream.publish_with_headers("test.account.big", headers, payload.clone()).await.unwrap());
+        }
+        for ack in acks {
+            last = ack.await.unwrap().sequence;
+        }
+    }
+
+    // Let the projector pull for a while against the stalled store.
+    let mut peak = before;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(rss_mib(pid));
+    }
+    let stream = jetstream.get_stream(STREAM).await.unwrap();
+    let consumer = stream.consumer_info("projector").await.unwrap().clone();
+    println!(
+        "projector RSS {before:.1} MiB before, {peak:.1} MiB at most while {} events waited ({} unacked)",
+        consumer.num_pending, consumer.num_ack_pending
+    );
+    assert!(consumer.num_ack_pending as u64 <= 2 * BATCH, "{consumer:?}");
+    assert!(consumer.num_pending + consumer.num_ack_pending as u64 >= EVENTS - 2 * BATCH, "{consumer:?}");
+    assert!(peak - before < 16.0, "the projector grew from {before:.1} to {peak:.1} MiB with a stalled store");
+
+    lock.release().await;
+    let account = stack.account("big", last).await;
+    assert_eq!(account.balance, EVENTS as i64);
+    assert_eq!(account.version, EVENTS + 1);
 }
 
 /// A writer lock on the read store, held by the test.
@@ -324,6 +389,39 @@ async fn postgres_connections_killed_under_the_projector_lose_nothing() {
     };
     let (last, ()) = tokio::join!(writer, terminator);
     // The read-service lost its connections too: its pool reconnects.
+    let account = testkit::eventually_some(Duration::from_secs(30), "the read side to recover", || {
+        let mut queries = stack.queries.clone();
+        async move {
+            queries.get_account(pb::GetAccountRequest { account_id: "acc-0".into(), min_position: last }).await.ok()
+        }
+    })
+    .await;
+    assert_eq!(account.into_inner().version, rounds as u64 + 1);
+    assert_exact(&stack, rounds, 3 * burst_total(rounds / 3), last).await;
+}
+
+/// The read store's server itself crashes (PostgreSQL stopped with `-m
+/// immediate`: every process killed, no shutdown checkpoint) and comes back
+/// while commands go on: the projector waits and reconnects, the
+/// read-service's pool too, and every event is applied once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crashed_and_restarted_under_the_projector_loses_nothing() {
+    let mut postgres = PostgresServer::start().await;
+    let stack = Stack::start_with(Store::Postgres(postgres.url()), &[("PROJECTOR_BATCH_SIZE", "20")], &[]).await;
+    for i in 0..ACCOUNTS {
+        stack.open(&format!("acc-{i}"), "Owner").await;
+    }
+    let rounds = 60;
+    let first = burst(&stack, rounds / 3).await;
+    stack.account("acc-0", first).await;
+
+    postgres.crash().await;
+    // The write side does not need the read store: commands go on.
+    let during = burst(&stack, rounds / 3).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    postgres.start_again().await;
+    let last = during.max(burst(&stack, rounds / 3).await);
+
     let account = testkit::eventually_some(Duration::from_secs(30), "the read side to recover", || {
         let mut queries = stack.queries.clone();
         async move {
