@@ -6,7 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use read_model::ReadStore;
 use shared::{
-    grpc_server::{self, Drain},
+    grpc_server::{self, Drain, HealthOnly},
     grpc_telemetry::GrpcServerTelemetryLayer,
     retry,
 };
@@ -25,7 +25,7 @@ pub use shared::grpc_server::ServeError as StartupError;
 /// A bound, not yet running read-service.
 pub struct Application {
     listener: TcpListener,
-    health_listener: Option<TcpListener>,
+    health_only: HealthOnly,
     server: Server,
     config: Config,
 }
@@ -36,11 +36,8 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let server = grpc_server::server(&config.tls, config.max_connection_age, config.shutdown_grace)?;
         let listener = grpc_server::bind(config.listen_addr).await?;
-        let health_listener = match config.health_listen_addr {
-            Some(addr) => Some(grpc_server::bind(addr).await?),
-            None => None,
-        };
-        Ok(Self { listener, health_listener, server, config })
+        let health_only = HealthOnly::bind(config.health_listen_addr).await?;
+        Ok(Self { listener, health_only, server, config })
     }
 
     /// The address the server listens on.
@@ -53,10 +50,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Self { listener, health_listener, server, config } = self;
+        let Self { listener, health_only, server, config } = self;
         let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
-        let health_only =
-            health_listener.map(|listener| grpc_server::serve_health_only(listener, health_service.clone()));
+        let _health_only = health_only.serve(health_service.clone());
 
         let service = QueryService::default();
         let connector = tokio::spawn(connect(config.clone(), service.queries_slot(), reporter.clone()));
@@ -72,9 +68,6 @@ impl Application {
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         let result = drain.run(server).await.map_err(StartupError::from);
         connector.abort();
-        if let Some(task) = health_only {
-            task.abort();
-        }
         tracing::info!("read-service stopped");
         result
     }

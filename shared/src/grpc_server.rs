@@ -38,9 +38,10 @@ pub enum ServeError {
     #[error("cannot read the TLS file {path}: {source}")]
     TlsFile { path: PathBuf, source: std::io::Error },
     /// The TLS files do not make a usable configuration (not PEM, a key
-    /// that does not match the certificate...).
+    /// that does not match the certificate...): the reason, with its causes
+    /// (tonic's own message is only "transport error").
     #[error("invalid gRPC TLS configuration: {0}")]
-    Tls(tonic::transport::Error),
+    Tls(String),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -72,12 +73,27 @@ impl ServerTlsArgs {
     /// file, never its contents.
     pub fn server_config(&self) -> Result<Option<ServerTlsConfig>, ServeError> {
         let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else { return Ok(None) };
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+        // A client that never finishes its handshake must not hold a
+        // connection forever.
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?))
+            .timeout(Duration::from_secs(10));
         if let Some(ca) = &self.client_ca_file {
             config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
         }
         Ok(Some(config))
     }
+}
+
+/// `error: cause: cause...`
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, ServeError> {
@@ -91,7 +107,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, ServeError> {
 pub fn server(tls: &ServerTlsArgs, max_connection_age: Duration, grace: Duration) -> Result<Server, ServeError> {
     let builder = Server::builder().max_connection_age(max_connection_age).max_connection_age_grace(grace);
     match tls.server_config()? {
-        Some(config) => builder.tls_config(config).map_err(ServeError::Tls),
+        Some(config) => builder.tls_config(config).map_err(|error| ServeError::Tls(with_causes(&error))),
         None => Ok(builder),
     }
 }
@@ -128,16 +144,45 @@ pub async fn health(service: &str) -> (HealthReporter, HealthServer<impl Health>
     (reporter, server)
 }
 
-/// Serves `health` alone, in plaintext, on `listener` until the task is
-/// aborted: kubelet's gRPC probes cannot speak TLS, so when the main port
-/// requires it they ask this one (HEALTH_LISTEN_ADDR).
-pub fn serve_health_only(listener: TcpListener, health: HealthServer<impl Health>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        if let Err(error) = Server::builder().add_service(health).serve_with_incoming(incoming).await {
-            tracing::error!(%error, "the health endpoint failed");
+/// Health alone, in plaintext, on its own port (HEALTH_LISTEN_ADDR):
+/// kubelet's gRPC probes cannot speak TLS, so when the main port requires
+/// it they ask this one. Stops when dropped.
+pub struct HealthOnly {
+    listener: Option<TcpListener>,
+}
+
+impl HealthOnly {
+    /// Binds `addr`, if there is one.
+    pub async fn bind(addr: Option<SocketAddr>) -> Result<Self, ServeError> {
+        let listener = match addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { listener })
+    }
+
+    /// Serves `health` until the returned guard is dropped.
+    pub fn serve(self, health: HealthServer<impl Health>) -> AbortOnDrop {
+        AbortOnDrop(self.listener.map(|listener| {
+            tokio::spawn(async move {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                if let Err(error) = Server::builder().add_service(health).serve_with_incoming(incoming).await {
+                    tracing::error!(%error, "the health endpoint failed");
+                }
+            })
+        }))
+    }
+}
+
+/// Aborts its task when dropped.
+pub struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
-    })
+    }
 }
 
 /// Sets the health of the server (`""`) and of `service` together.

@@ -65,20 +65,13 @@ impl PostgresServer {
     }
 
     async fn run(&self, program: &str, args: &[&str]) {
-        let path = bin_dir().join(program);
-        let mut command = if is_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&path);
-            command
-        } else {
-            Command::new(&path)
-        };
+        let mut command = Command::from(postgres_command(program));
         let output = command
             .args(args)
             .stdin(Stdio::null())
             .output()
             .await
-            .unwrap_or_else(|e| panic!("cannot run {}: {e} (install postgresql)", path.display()));
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e} (install postgresql)"));
         assert!(
             output.status.success(),
             "{program} {args:?} failed: {}{}",
@@ -92,16 +85,21 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         if self.running {
             let data = self.data();
-            let pg_ctl = bin_dir().join("pg_ctl");
-            let mut command = if is_root() {
-                let mut command = std::process::Command::new("runuser");
-                command.args(["-u", "postgres", "--"]).arg(pg_ctl);
-                command
-            } else {
-                std::process::Command::new(pg_ctl)
-            };
-            let _ = command.args(["stop", "-D", &data, "-m", "immediate"]).output();
+            let _ = postgres_command("pg_ctl").args(["stop", "-D", &data, "-m", "immediate"]).output();
         }
+    }
+}
+
+/// `program` of PostgreSQL's binaries, as the `postgres` user when this
+/// process is root (PostgreSQL refuses to run as root).
+fn postgres_command(program: &str) -> std::process::Command {
+    let path = bin_dir().join(program);
+    if is_root() {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(path);
+        command
+    } else {
+        std::process::Command::new(path)
     }
 }
 

@@ -148,14 +148,22 @@ async fn a_stalled_read_store_leaves_the_backlog_in_the_log_not_in_memory() {
         }
     }
 
-    // Let the projector pull for a while against the stalled store.
+    // Wait until the projector holds what it may (a batch, stuck in its
+    // transaction), then watch its memory while the rest waits in the log.
+    let stream = jetstream.get_stream(STREAM).await.unwrap();
+    let consumer = testkit::eventually_some(Duration::from_secs(20), "the projector to hold a batch", || {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info("projector").await.ok()?.clone();
+            (info.num_ack_pending as u64 >= BATCH - 1).then_some(info)
+        }
+    })
+    .await;
     let mut peak = before;
-    for _ in 0..15 {
+    for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         peak = peak.max(rss_mib(pid));
     }
-    let stream = jetstream.get_stream(STREAM).await.unwrap();
-    let consumer = stream.consumer_info("projector").await.unwrap().clone();
     println!(
         "projector RSS {before:.1} MiB before, {peak:.1} MiB at most while {} events waited ({} unacked)",
         consumer.num_pending, consumer.num_ack_pending
@@ -165,7 +173,16 @@ async fn a_stalled_read_store_leaves_the_backlog_in_the_log_not_in_memory() {
     assert!(peak - before < 16.0, "the projector grew from {before:.1} to {peak:.1} MiB with a stalled store");
 
     lock.release().await;
-    let account = stack.account("big", last).await;
+    // 20,000 events to catch up on, after the projector's retry backoff.
+    let account =
+        testkit::eventually_some(Duration::from_secs(120), "the projector to catch up", || {
+            let mut queries = stack.queries.clone();
+            async move {
+                queries.get_account(pb::GetAccountRequest { account_id: "big".into(), min_position: last }).await.ok()
+            }
+        })
+        .await
+        .into_inner();
     assert_eq!(account.balance, EVENTS as i64);
     assert_eq!(account.version, EVENTS + 1);
 }
