@@ -174,15 +174,7 @@ async fn a_stalled_read_store_leaves_the_backlog_in_the_log_not_in_memory() {
 
     lock.release().await;
     // 20,000 events to catch up on, after the projector's retry backoff.
-    let account =
-        testkit::eventually_some(Duration::from_secs(120), "the projector to catch up", || {
-            let mut queries = stack.queries.clone();
-            async move {
-                queries.get_account(pb::GetAccountRequest { account_id: "big".into(), min_position: last }).await.ok()
-            }
-        })
-        .await
-        .into_inner();
+    let account = stack.account_within(Duration::from_secs(120), "big", last).await;
     assert_eq!(account.balance, EVENTS as i64);
     assert_eq!(account.version, EVENTS + 1);
 }
@@ -361,13 +353,7 @@ async fn nats_killed_under_write_load_loses_no_acknowledged_command(store: Store
                 balance += amount;
             }
         }
-        let account = testkit::eventually_some(Duration::from_secs(30), "the projector to catch up", || {
-            let mut queries = stack.queries.clone();
-            let id = id.clone();
-            async move { queries.get_account(pb::GetAccountRequest { account_id: id, min_position: last }).await.ok() }
-        })
-        .await
-        .into_inner();
+        let account = stack.account_within(Duration::from_secs(30), &id, last).await;
         assert_eq!((account.balance, account.version), (balance, version), "{id}");
     }
 }
@@ -406,14 +392,8 @@ async fn postgres_connections_killed_under_the_projector_lose_nothing() {
     };
     let (last, ()) = tokio::join!(writer, terminator);
     // The read-service lost its connections too: its pool reconnects.
-    let account = testkit::eventually_some(Duration::from_secs(30), "the read side to recover", || {
-        let mut queries = stack.queries.clone();
-        async move {
-            queries.get_account(pb::GetAccountRequest { account_id: "acc-0".into(), min_position: last }).await.ok()
-        }
-    })
-    .await;
-    assert_eq!(account.into_inner().version, rounds as u64 + 1);
+    let account = stack.account_within(Duration::from_secs(30), "acc-0", last).await;
+    assert_eq!(account.version, rounds as u64 + 1);
     assert_exact(&stack, rounds, 3 * burst_total(rounds / 3), last).await;
 }
 
@@ -439,14 +419,8 @@ async fn postgres_crashed_and_restarted_under_the_projector_loses_nothing() {
     postgres.start_again().await;
     let last = during.max(burst(&stack, rounds / 3).await);
 
-    let account = testkit::eventually_some(Duration::from_secs(30), "the read side to recover", || {
-        let mut queries = stack.queries.clone();
-        async move {
-            queries.get_account(pb::GetAccountRequest { account_id: "acc-0".into(), min_position: last }).await.ok()
-        }
-    })
-    .await;
-    assert_eq!(account.into_inner().version, rounds as u64 + 1);
+    let account = stack.account_within(Duration::from_secs(30), "acc-0", last).await;
+    assert_eq!(account.version, rounds as u64 + 1);
     assert_exact(&stack, rounds, 3 * burst_total(rounds / 3), last).await;
 }
 

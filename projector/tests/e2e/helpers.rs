@@ -255,6 +255,20 @@ impl Stack {
         self.queries.clone().get_account(request).await.unwrap().into_inner()
     }
 
+    /// The account once `min_position` is applied, asking again until
+    /// `within` runs out: for a read side that is recovering (the read
+    /// store's connections lost, a long catch-up), where one query may fail
+    /// or outlast MAX_CONSISTENCY_WAIT.
+    pub(crate) async fn account_within(&self, within: Duration, id: &str, min_position: u64) -> pb::Account {
+        let what = format!("the read side to answer for {id} at {min_position}");
+        testkit::eventually_some(within, &what, || {
+            let mut queries = self.queries.clone();
+            let request = pb::GetAccountRequest { account_id: id.into(), min_position };
+            async move { queries.get_account(request).await.ok().map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
     /// Every history entry of `id`, through all pages.
     pub(crate) async fn history(&self, id: &str, min_position: u64) -> Vec<pb::HistoryEntry> {
         let mut entries = Vec::new();
