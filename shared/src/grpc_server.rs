@@ -51,7 +51,7 @@ pub enum ServeError {
 /// Secret). Without a certificate the server speaks plaintext HTTP/2: for
 /// local runs, or behind a mesh whose sidecar terminates TLS. The files are
 /// read at start: a rotated certificate takes effect on the next restart.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServerTlsArgs {
     /// Server certificate chain (PEM). With GRPC_TLS_KEY_FILE set too, the
     /// gRPC port accepts TLS connections only.

@@ -35,11 +35,6 @@ impl TestPki {
         Self { dir }
     }
 
-    /// The folder holding every file.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The CA certificate both sides verify the other with.
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.path().join("ca.crt")

@@ -18,6 +18,17 @@ async fn burst(stack: &Stack, rounds: i64) -> u64 {
     burst_through(&stack.commands, rounds).await
 }
 
+/// [`burst`] of `rounds / 3` three times, one after the other, so that a
+/// fault injected meanwhile lands between and inside bursts; returns the
+/// last position.
+async fn bursts_in_three(stack: &Stack, rounds: i64) -> u64 {
+    let mut last = 0;
+    for _ in 0..3 {
+        last = last.max(burst(stack, rounds / 3).await);
+    }
+    last
+}
+
 /// [`burst`] through a client of the write-service.
 async fn burst_through(commands: &AccountCommandServiceClient<Channel>, rounds: i64) -> u64 {
     let calls: FuturesUnordered<_> = (0..rounds)
@@ -63,13 +74,7 @@ async fn a_projector_killed_mid_burst_counts_every_event_exactly_once(store: Sto
     }
     stack.projector.kill().await;
     let rounds = 60;
-    let writer = async {
-        let mut last = 0;
-        for _ in 0..3 {
-            last = last.max(burst(&stack, rounds / 3).await);
-        }
-        last
-    };
+    let writer = bursts_in_three(&stack, rounds);
     let killer = async {
         // SIGKILL the projector twice while the burst runs, restart it each time.
         for _ in 0..2 {
@@ -383,13 +388,7 @@ async fn postgres_connections_killed_under_the_projector_lose_nothing() {
         }
     };
     let rounds = 60;
-    let writer = async {
-        let mut last = 0;
-        for _ in 0..3 {
-            last = last.max(burst(&stack, rounds / 3).await);
-        }
-        last
-    };
+    let writer = bursts_in_three(&stack, rounds);
     let (last, ()) = tokio::join!(writer, terminator);
     // The read-service lost its connections too: its pool reconnects.
     let account = stack.account_within(Duration::from_secs(30), "acc-0", last).await;
