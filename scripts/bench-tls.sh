@@ -12,6 +12,7 @@ rounds="${1:-3}"
 duration="${2:-8s}"
 cargo build --release --locked -q -p write-service -p read-service -p projector -p loadgen
 bin="$PWD/target/release"
+root="$PWD"
 work="$(mktemp -d)"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
@@ -27,7 +28,7 @@ openssl x509 -req -in pki/server.csr -CA pki/ca.crt -CAkey pki/ca.key -CAcreates
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 nats_port=$(port) plain_write=$(port) plain_read=$(port) tls_write=$(port) tls_read=$(port) projector=$(port)
-PATH="$PATH:/usr/sbin" nats-server -a 127.0.0.1 -p "$nats_port" -js -sd store >/dev/null 2>&1 & pids+=($!)
+"$root/scripts/nats-server" -a 127.0.0.1 -p "$nats_port" -js -sd store >/dev/null 2>&1 & pids+=($!)
 sleep 1
 export NATS_URL="nats://127.0.0.1:$nats_port" OTEL_SDK_DISABLED=true RUST_LOG=warn READ_STORE_URL="sqlite://$work/read.db"
 tls_env=(GRPC_TLS_CERT_FILE=pki/server.crt GRPC_TLS_KEY_FILE=pki/server.key)

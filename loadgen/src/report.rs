@@ -77,7 +77,7 @@ impl Recorder {
                 }
             })
             .collect();
-        Report { seconds, rows, dropped: self.dropped }
+        Report { seconds, rows, dropped: self.dropped, timeline: Vec::new() }
     }
 }
 
@@ -94,12 +94,22 @@ pub struct Row {
     pub max_ms: f64,
 }
 
+/// What finished in one second of a run (all operations together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Second {
+    pub operations: u64,
+    pub errors: u64,
+}
+
 /// A run's report.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub seconds: f64,
     pub rows: Vec<Row>,
     pub dropped: u64,
+    /// Second by second, from the start of the load (after the setup): how
+    /// throughput and errors moved, e.g. while a service restarted.
+    pub timeline: Vec<Second>,
 }
 
 impl Report {
@@ -144,6 +154,10 @@ impl Report {
                 "p90_ms": row.p90_ms,
                 "p99_ms": row.p99_ms,
                 "max_ms": row.max_ms,
+            })).collect::<Vec<_>>(),
+            "timeline": self.timeline.iter().map(|second| serde_json::json!({
+                "operations": second.operations,
+                "errors": second.errors,
             })).collect::<Vec<_>>(),
         })
     }

@@ -59,9 +59,9 @@ impl QueryService {
         query: QueryType,
         run: impl Future<Output = Result<(T, usize, Consistency), QueryError>>,
     ) -> Result<Response<T>, Status> {
-        let (cx, started) = self.telemetry.start(query);
-        let outcome = run.with_context(cx.clone()).await;
-        self.telemetry.finish(query, &cx, started, outcome.as_ref().map(|(_, count, c)| (*count, *c)));
+        let call = self.telemetry.start(query);
+        let outcome = run.with_context(call.cx.clone()).await;
+        call.finish(outcome.as_ref().map(|(_, count, c)| (*count, *c)));
         outcome.map(|(reply, _, _)| Response::new(reply)).map_err(Status::from)
     }
 }

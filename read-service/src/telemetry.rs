@@ -13,6 +13,8 @@ use opentelemetry::{
 use opentelemetry_semantic_conventions::attribute as semconv;
 use shared::grpc_telemetry::{CQRS_SIDE, MILLISECONDS_BOUNDARIES, code_name};
 
+use tonic::Code;
+
 use crate::{app::Consistency, error::QueryError};
 
 const SIDE: &str = "read";
@@ -82,25 +84,66 @@ impl Default for QueryTelemetry {
     }
 }
 
+/// A query being answered: its span's context, and its outcome to record.
+/// Dropped unfinished (the client cancelled, or its deadline passed, e.g.
+/// while waiting for `min_position`), it records the query as CANCELLED,
+/// so that no call vanishes from the span and the metrics.
+pub struct QueryCall<'a> {
+    telemetry: &'a QueryTelemetry,
+    query: QueryType,
+    /// The `query.<Type>` span's context: run the query in it.
+    pub cx: Context,
+    started: Instant,
+    finished: bool,
+}
+
+impl QueryCall<'_> {
+    /// Records the query's outcome on its span and in the metrics.
+    pub fn finish(mut self, outcome: Result<(usize, Consistency), &QueryError>) {
+        self.finished = true;
+        self.telemetry.record(self.query, &self.cx, self.started, outcome.map_err(Failure::Query));
+    }
+}
+
+impl Drop for QueryCall<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.telemetry.record(self.query, &self.cx, self.started, Err(Failure::Cancelled));
+        }
+    }
+}
+
+/// Why a query has no answer.
+enum Failure<'a> {
+    Query(&'a QueryError),
+    /// Dropped before it had an outcome.
+    Cancelled,
+}
+
 impl QueryTelemetry {
     /// Starts the `query.<Type>` span as a child of the SERVER span.
-    pub fn start(&self, query: QueryType) -> (Context, Instant) {
+    pub fn start(&self, query: QueryType) -> QueryCall<'_> {
         let span = self
             .tracer
             .span_builder(query.span_name())
             .with_kind(SpanKind::Internal)
             .with_attributes([KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("cqrs.query.type", query.name())])
             .start(&self.tracer);
-        (Context::current_with_span(span), Instant::now())
+        QueryCall {
+            telemetry: self,
+            query,
+            cx: Context::current_with_span(span),
+            started: Instant::now(),
+            finished: false,
+        }
     }
 
-    /// Records the query's outcome on its span and in the metrics.
-    pub fn finish(
+    fn record(
         &self,
         query: QueryType,
         cx: &Context,
         started: Instant,
-        outcome: Result<(usize, Consistency), &QueryError>,
+        outcome: Result<(usize, Consistency), Failure<'_>>,
     ) {
         let span = cx.span();
         let mut attributes = vec![KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("query.type", query.name())];
@@ -119,7 +162,14 @@ impl QueryTelemetry {
                     .record(count as u64, &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("query.type", query.name())]);
                 attributes.push(KeyValue::new("query.status", "success"));
             }
-            Err(error) => {
+            Err(Failure::Cancelled) => {
+                let code = code_name(Code::Cancelled);
+                span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, code));
+                span.set_status(SpanStatus::error("the call was cancelled (client gone or deadline passed)"));
+                attributes.push(KeyValue::new("query.status", "error"));
+                attributes.push(KeyValue::new(semconv::ERROR_TYPE, code));
+            }
+            Err(Failure::Query(error)) => {
                 let code = code_name(error.code());
                 if let QueryError::Behind(behind) = error {
                     span.set_attribute(KeyValue::new(

@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context as TaskContext, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use opentelemetry::{
@@ -124,17 +124,52 @@ pub struct GrpcServerTelemetry<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// The request's `grpc-timeout` (`<1-8 digits><unit>`), if well formed.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let timeout = headers.get("grpc-timeout")?.to_str().ok()?;
+    let digits = timeout.len().checked_sub(1).filter(|&n| (1..=8).contains(&n))?;
+    let value: u64 =
+        timeout[..digits].bytes().all(|b| b.is_ascii_digit()).then(|| timeout[..digits].parse().ok())??;
+    Some(match &timeout[digits..] {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
 /// Whether the request's `grpc-timeout` is zero: the client's deadline
 /// expired before the call began. tonic would still run the handler until
 /// its first await (and a command could reach the event log) and then
 /// answer CANCELLED; such a call is refused before any work instead.
 fn deadline_already_expired(headers: &http::HeaderMap) -> bool {
-    headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).is_some_and(|timeout| {
-        let digits = timeout.len().saturating_sub(1);
-        digits > 0
-            && timeout[..digits].bytes().all(|b| b == b'0')
-            && timeout[digits..].chars().all(|u| "HMSmun".contains(u))
-    })
+    grpc_timeout(headers) == Some(Duration::ZERO)
+}
+
+/// Records a call whose future is dropped before it answered: the client
+/// cancelled it or went away (HTTP/2 RST_STREAM), or its deadline passed.
+/// hyper then drops the handler's future, so nothing after its `.await`
+/// runs; without this the call would vanish from the span and the metric.
+struct Unanswered {
+    instruments: Arc<Instruments>,
+    cx: Context,
+    method: Arc<str>,
+    started: Instant,
+    deadline: Option<Instant>,
+    answered: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.answered {
+            let expired = self.deadline.is_some_and(|deadline| Instant::now() >= deadline);
+            let code = if expired { Code::DeadlineExceeded } else { Code::Cancelled };
+            self.instruments.finish(&self.cx, &self.method, code, self.started);
+        }
+    }
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcServerTelemetry<S>
@@ -177,10 +212,14 @@ where
             instruments.finish(&cx, &method, status.code(), started);
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
+        let deadline = grpc_timeout(request.headers()).and_then(|timeout| started.checked_add(timeout));
         let response = self.inner.call(request).with_context(cx.clone());
+        let mut unanswered = Unanswered { instruments, cx, method, started, deadline, answered: false };
 
         Box::pin(async move {
             let result = response.await;
+            unanswered.answered = true;
+            let Unanswered { instruments, cx, method, started, .. } = &unanswered;
             // Unary errors come back "trailers-only": grpc-status is in the
             // response headers. Without it the call succeeded (OK arrives in
             // the trailers, which this layer does not wait for).
@@ -188,7 +227,7 @@ where
                 Ok(response) => tonic::Status::from_header_map(response.headers()).map_or(Code::Ok, |s| s.code()),
                 Err(_) => Code::Internal,
             };
-            instruments.finish(&cx, &method, code, started);
+            instruments.finish(cx, method, code, *started);
             result
         })
     }
@@ -278,9 +317,12 @@ mod tests {
         for expired in ["0n", "0u", "0m", "0S", "0M", "0H", "00000000n"] {
             assert!(deadline_already_expired(&headers(expired)), "{expired}");
         }
-        for not_expired in ["1n", "10m", "5S", "0", "n", "0x", "", "-0n"] {
+        for not_expired in ["1n", "10m", "5S", "0", "n", "0x", "", "-0n", "000000000n"] {
             assert!(!deadline_already_expired(&headers(not_expired)), "{not_expired}");
         }
+        assert_eq!(grpc_timeout(&headers("300m")), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout(&headers("2S")), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(&headers("99999999H")), Some(Duration::from_secs(99_999_999 * 3600)));
         assert!(!deadline_already_expired(&http::HeaderMap::new()));
     }
 

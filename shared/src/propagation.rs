@@ -29,9 +29,14 @@ pub fn inject_into_grpc(cx: &Context, metadata: &mut tonic::metadata::MetadataMa
     PROPAGATOR.inject_context(cx, &mut GrpcMetadataInjector(metadata));
 }
 
-/// Writes `cx` into NATS message headers (`traceparent`, `tracestate`, `baggage`).
+/// Writes `cx`'s `traceparent` into NATS message headers, and nothing
+/// else. Events are kept forever and can never be deleted, so they carry
+/// only what the projection needs to link to the producer: not the
+/// caller's `tracestate` or `baggage` (kilobytes of whatever a client
+/// sends, user ids and session tokens included), which nothing downstream
+/// reads.
 pub fn inject_into_nats(cx: &Context, headers: &mut async_nats::HeaderMap) {
-    PROPAGATOR.inject_context(cx, &mut NatsHeaderInjector(headers));
+    TraceContextPropagator::new().inject_context(cx, &mut OnlyTraceparent(NatsHeaderInjector(headers)));
 }
 
 /// The context a NATS message carries (see [`extract_from_http`]).
@@ -102,6 +107,18 @@ impl Injector for NatsHeaderInjector<'_> {
         if let (Ok(key), Ok(value)) = (key.parse::<async_nats::HeaderName>(), value.parse::<async_nats::HeaderValue>())
         {
             self.0.insert(key, value);
+        }
+    }
+}
+
+/// Passes on `traceparent` only (the trace-context propagator also writes
+/// `tracestate`).
+struct OnlyTraceparent<I>(I);
+
+impl<I: Injector> Injector for OnlyTraceparent<I> {
+    fn set(&mut self, key: &str, value: String) {
+        if key == TRACEPARENT {
+            self.0.set(key, value);
         }
     }
 }

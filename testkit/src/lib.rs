@@ -3,13 +3,15 @@
 //! the same port and store; a real OTLP receiver ([`otlp`]); and helpers to
 //! wait for effects with a deadline instead of sleeping; a throwaway PKI
 //! for TLS tests ([`tls`]); a private PostgreSQL that a test can crash
-//! ([`postgres`]).
+//! ([`postgres`]); a fast seeder of realistic event logs ([`event_log`]).
 //!
-//! The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`, else
-//! Debian's `/usr/sbin/nats-server`.
+//! The binary is `$NATS_SERVER_BIN`, else `scripts/nats-server` (the
+//! pinned release the images use, installed by `scripts/setup.sh`); it must
+//! be 2.11 or later, like the services need.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: fail loudly
 
+pub mod event_log;
 pub mod otlp;
 pub mod postgres;
 pub mod tls;
@@ -19,6 +21,7 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::Stdio,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -105,16 +108,32 @@ impl NatsServer {
     }
 }
 
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
-        return path.into();
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file());
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+/// The nats-server binary, checked once to be a release the services can
+/// run on.
+pub fn binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let binary = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/nats-server"))
+            });
+            let output = std::process::Command::new(&binary)
+                .arg("--version")
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e} (run scripts/setup.sh)", binary.display()));
+            // "nats-server: v2.15.1"
+            let version = String::from_utf8_lossy(&output.stdout);
+            let version = version.trim().rsplit('v').next().unwrap_or_default().to_owned();
+            let mut parts = version.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            assert!(
+                output.status.success() && (major, minor) >= (2, 11),
+                "{} is nats-server {version:?}; the tests need 2.11 or later (run scripts/setup.sh, or set NATS_SERVER_BIN)",
+                binary.display()
+            );
+            binary
+        })
+        .clone()
 }
 
 /// A TCP port that was free a moment ago.

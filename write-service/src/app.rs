@@ -7,7 +7,10 @@
 //!   refused by JetStream and decided again on fresh state);
 //! - a command is never *refused* on cached state: the cache may trail other
 //!   replicas, so a refusal is confirmed against the log first;
-//! - a retry with the same `command_id` returns the original reply.
+//! - a retry with the same `command_id` returns the original reply: an
+//!   accepted one by JetStream's deduplication of its `Nats-Msg-Id`; a
+//!   refused one (e.g. OpenAccount again) from the account's recent
+//!   commands, read from the log before the refusal is returned.
 
 use std::{
     num::NonZeroUsize,
@@ -19,7 +22,7 @@ use lru::LruCache;
 use crate::{
     domain::{AccountId, Command, CommandId},
     error::CommandError,
-    event_log::{Appended, EventLog, EventLogError, LoadedAccount},
+    event_log::{Appended, EventLog, EventLogError, LoadedAccount, RecordedCommand},
 };
 
 /// How often a command is decided again after losing a race on its account
@@ -111,15 +114,26 @@ impl Accounts {
                     (loaded, fresh) = (self.load(log, id).await?, true);
                     continue;
                 }
+                // A refusal may be a retry of a command that was accepted
+                // earlier: its reply is in the account's recent commands.
+                // A snapshot load read only the last one, so read them all
+                // (costly, but only refusals with a command_id pay it, once
+                // per account) and decide again.
+                Err(_) if reply_key.is_some() && !loaded.history_read => {
+                    (loaded, fresh) = (self.load_history(log, id).await?, true);
+                    continue;
+                }
                 Err(reason) => {
                     *cached = Some(loaded);
                     return Err(CommandError::Rejected { account_id: id.clone(), reason });
                 }
             };
-            let version = loaded.account.version + 1;
-            match log.append(id, loaded.position, version, &event, command_id).await {
+            let mut after = loaded.account.clone();
+            after.apply(&event);
+            match log.append(id, loaded.position, &after, &event, command_id).await {
                 Ok(Appended::New { position }) => {
-                    loaded.account.apply(&event);
+                    let version = after.version;
+                    loaded.account = after;
                     loaded.position = position;
                     *cached = Some(loaded);
                     let accepted = Accepted { version, position, produced: Some(event.type_name()) };
@@ -151,10 +165,26 @@ impl Accounts {
         Arc::clone(slots.get_or_insert(id.clone(), Slot::default))
     }
 
-    /// Rebuilds account `id` from the log and caches the outcomes of its
-    /// recent commands.
+    /// Account `id`'s state from the log; caches the outcomes of the
+    /// commands the load came across.
     async fn load(&self, log: &EventLog, id: &AccountId) -> Result<LoadedAccount, CommandError> {
-        let (loaded, commands) = log.load(id).await.map_err(|error| CommandError::from_log(id, error))?;
+        let loaded = log.load(id).await;
+        self.remember(id, loaded)
+    }
+
+    /// Like [`Self::load`], replaying the account's history so that all of
+    /// its recent commands are remembered.
+    async fn load_history(&self, log: &EventLog, id: &AccountId) -> Result<LoadedAccount, CommandError> {
+        let loaded = log.load_history(id).await;
+        self.remember(id, loaded)
+    }
+
+    fn remember(
+        &self,
+        id: &AccountId,
+        loaded: Result<(LoadedAccount, Vec<RecordedCommand>), EventLogError>,
+    ) -> Result<LoadedAccount, CommandError> {
+        let (loaded, commands) = loaded.map_err(|error| CommandError::from_log(id, error))?;
         let mut replies = lock(&self.replies);
         for command in commands {
             let accepted = Accepted { version: command.version, position: command.position, produced: None };

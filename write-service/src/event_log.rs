@@ -1,7 +1,8 @@
 //! The event log as the write side uses it: creating the JetStream stream,
-//! loading an account's state from its events, and appending one event with
-//! optimistic concurrency (`Nats-Expected-Last-Subject-Sequence`) and
-//! idempotency (`Nats-Msg-Id`).
+//! loading an account's state from its last event (or, where that cannot
+//! answer, from its history), and appending one event with optimistic
+//! concurrency (`Nats-Expected-Last-Subject-Sequence`) and idempotency
+//! (`Nats-Msg-Id`).
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -10,7 +11,6 @@ use async_nats::{
     connection::State,
     jetstream::{
         self,
-        consumer::{DeliverPolicy, pull::OrderedConfig},
         context::PublishErrorKind,
         message::PublishMessage,
         stream::{DirectGetErrorKind, DiscardPolicy, RetentionPolicy, StorageType},
@@ -23,19 +23,24 @@ use opentelemetry::{
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
 use shared::{
-    event_log::{EventLogArgs, headers},
+    event_log::{Envelope, EventLogArgs, headers},
     events::AccountEvent,
     grpc_telemetry::CQRS_SIDE,
     propagation,
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::domain::{Account, AccountId, CommandId};
+use crate::domain::{Account, AccountId, AccountStatus, CommandId};
 
-/// How many of an account's most recent command ids a load reports, for
-/// recognising retries (older ones are still caught by JetStream's
-/// duplicate window).
+/// How many of an account's most recent command ids a history replay
+/// reports, for recognising retries of refused commands.
 const RECENT_COMMANDS: usize = 1_000;
+
+/// How many of an account's events one batched direct get asks for.
+const LOAD_BATCH: usize = 1_000;
+
+/// Batched direct get replies: how many matching events follow this one.
+const NUM_PENDING: &str = "Nats-Num-Pending";
 
 /// Why the event log could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,9 @@ pub enum EventLogError {
     /// An event in the account's log cannot be read by this version.
     #[error("the event at position {position} cannot be read: {reason}")]
     Unreadable { position: u64, reason: String },
+    /// The NATS server cannot answer a batched direct get (before 2.11).
+    #[error("nats-server {version} is too old: the write side loads accounts with batched direct gets (2.11 or later)")]
+    ServerTooOld { version: String },
     /// Any other JetStream failure. The append's outcome is unknown.
     #[error("JetStream request failed: {0}")]
     Request(String),
@@ -76,6 +84,9 @@ pub struct LoadedAccount {
     pub account: Account,
     /// The stream sequence of the account's last event; 0 if it has none.
     pub position: u64,
+    /// Whether the account's recent commands were read with it (a history
+    /// replay), or only its last event's (a snapshot load).
+    pub history_read: bool,
 }
 
 /// A command that already produced an event in the log.
@@ -109,6 +120,7 @@ pub struct EventLog {
     tracer: global::BoxedTracer,
     publish_span_name: String,
     subject_template: String,
+    direct_get_subject: String,
     source: &'static str,
 }
 
@@ -120,6 +132,10 @@ impl EventLog {
         settings: &StreamSettings,
         timeout: Duration,
     ) -> Result<Self, EventLogError> {
+        let version = client.server_info().version;
+        if !supports_batched_direct_get(&version) {
+            return Err(EventLogError::ServerTooOld { version });
+        }
         let jetstream = jetstream::ContextBuilder::new().timeout(timeout).build(client.clone());
         let config = jetstream::stream::Config {
             name: names.stream.clone(),
@@ -168,6 +184,7 @@ impl EventLog {
             jetstream,
             stream,
             publish_span_name: format!("publish {wanted}"),
+            direct_get_subject: format!("$JS.API.DIRECT.GET.{}", names.stream),
             subject_template: wanted,
             names,
             timeout,
@@ -185,58 +202,118 @@ impl EventLog {
         if self.is_connected() { Ok(()) } else { Err(EventLogError::Disconnected) }
     }
 
-    /// Folds account `id`'s events into its state. Also reports the most
-    /// recent commands found on the way, so retries can be recognised.
+    /// Account `id`'s state, from its last event alone: the envelope
+    /// carries the version and the balance after it, and its type says
+    /// whether the account is closed. One indexed read, whatever the length
+    /// of the account's history or of the log (docs/adr/0001). Also reports
+    /// the last event's command, so a retry of it is recognised. An
+    /// account whose last event predates the balance header is replayed.
     pub async fn load(&self, id: &AccountId) -> Result<(LoadedAccount, Vec<RecordedCommand>), EventLogError> {
         self.ensure_connected()?;
         let subject = self.names.account_subject(id.as_str());
-        // The last event tells where the replay ends, and whether there is
-        // anything to replay at all (a new account has no events).
-        let last = match self.within_timeout(self.stream.direct_get_last_for_subject(subject.clone())).await? {
+        let last = match self.within_timeout(self.stream.direct_get_last_for_subject(subject)).await? {
             Ok(message) => message,
             Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => {
                 return Ok((LoadedAccount::default(), Vec::new()));
             }
             Err(error) => return Err(EventLogError::Request(error.to_string())),
         };
-        let mut replay = Replay::default();
-        if header(&last.headers, headers::AGGREGATE_VERSION) == Some("1") {
-            // A one-event account (just opened): no consumer needed.
-            replay.fold(&last.headers, &last.payload, last.sequence)?;
-            return Ok(replay.finish());
-        }
-
-        let consumer = self
-            .stream
-            .create_consumer(OrderedConfig {
-                filter_subject: subject,
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| EventLogError::Request(e.to_string()))?;
-        let mut messages = consumer.messages().await.map_err(|e| EventLogError::Request(e.to_string()))?;
-        while replay.loaded.position < last.sequence {
-            let message = match self.within_timeout(messages.next()).await? {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => return Err(EventLogError::Request(error.to_string())),
-                None => return Err(EventLogError::Request("the replay ended early".into())),
-            };
-            let position = message.info().map_err(|e| EventLogError::Request(e.to_string()))?.stream_sequence;
-            let empty = HeaderMap::new();
-            replay.fold(message.headers.as_ref().unwrap_or(&empty), &message.payload, position)?;
-        }
-        Ok(replay.finish())
+        let Some(balance) = header(&last.headers, headers::ACCOUNT_BALANCE) else {
+            return self.load_history(id).await;
+        };
+        let position = last.sequence;
+        let unreadable = |reason: &str| EventLogError::Unreadable { position, reason: reason.to_owned() };
+        let version = header(&last.headers, headers::AGGREGATE_VERSION)
+            .and_then(|version| version.parse().ok())
+            .ok_or_else(|| unreadable("no aggregate version"))?;
+        let balance = balance.parse().map_err(|_| unreadable("the balance is not an integer"))?;
+        let closed = header(&last.headers, headers::TYPE) == Some(AccountEvent::Closed.type_name());
+        let account =
+            Account { version, balance, status: if closed { AccountStatus::Closed } else { AccountStatus::Open } };
+        let commands = header(&last.headers, headers::COMMAND_ID)
+            .map(|command_id| RecordedCommand { command_id: command_id.to_owned(), version, position })
+            .into_iter()
+            .collect();
+        Ok((LoadedAccount { account, position, history_read: false }, commands))
     }
 
-    /// Appends `event` as version `version` of account `id`, if and only if
-    /// the account's last event is still at `expected_position`. Returns
-    /// once JetStream has acknowledged it: the event is durable.
+    /// Folds all of account `id`'s events into its state, and reports its
+    /// most recent commands (the last [`RECENT_COMMANDS`]), so retries of
+    /// any of them are recognised.
+    ///
+    /// Costly on a long log: NATS finds each of the account's events by
+    /// scanning the messages between it and the previous one. Used only
+    /// where the last event cannot answer: a refused command that may be
+    /// a retry, and events that predate the balance header. One batched
+    /// direct get per [`LOAD_BATCH`] events (nats-server 2.11+): unlike a
+    /// consumer it leaves nothing on the server.
+    pub async fn load_history(&self, id: &AccountId) -> Result<(LoadedAccount, Vec<RecordedCommand>), EventLogError> {
+        self.ensure_connected()?;
+        let subject = self.names.account_subject(id.as_str());
+        let mut replay = Replay::default();
+        loop {
+            let request = serde_json::json!({
+                "seq": replay.loaded.position + 1,
+                "next_by_subj": subject,
+                "batch": LOAD_BATCH,
+            });
+            let more = self.within_timeout(self.read_batch(request.to_string(), &mut replay)).await??;
+            if !more {
+                return Ok(replay.finish());
+            }
+        }
+    }
+
+    /// Sends one batched direct get and folds its replies into `replay`.
+    /// Returns whether the log holds more of the account's events.
+    async fn read_batch(&self, request: String, replay: &mut Replay) -> Result<bool, EventLogError> {
+        let inbox = self.client.new_inbox();
+        let mut replies =
+            self.client.subscribe(inbox.clone()).await.map_err(|e| EventLogError::Request(e.to_string()))?;
+        self.client
+            .publish_with_reply(self.direct_get_subject.clone(), inbox, request.into())
+            .await
+            .map_err(|e| EventLogError::Request(e.to_string()))?;
+        let mut first = true;
+        while let Some(message) = replies.next().await {
+            match message.status.map(u16::from) {
+                None | Some(200) => {
+                    let headers = message.headers.unwrap_or_default();
+                    // Servers before 2.11 ignore `batch` and answer with one
+                    // message without this header: folding on would lose events.
+                    if first && headers.get(NUM_PENDING).is_none() {
+                        return Err(EventLogError::ServerTooOld { version: self.client.server_info().version });
+                    }
+                    first = false;
+                    let position = header(&headers, async_nats::header::NATS_SEQUENCE.as_ref())
+                        .and_then(|sequence| sequence.parse().ok())
+                        .ok_or_else(|| EventLogError::Request("a direct get reply has no sequence".into()))?;
+                    replay.fold(&headers, &message.payload, position)?;
+                }
+                // End of batch: how many of the account's events are left.
+                Some(204) => {
+                    let pending = message.headers.as_ref().and_then(|h| header(h, NUM_PENDING)).unwrap_or("0");
+                    return Ok(pending != "0");
+                }
+                // No (more) events on the subject.
+                Some(404) => return Ok(false),
+                Some(status) => {
+                    let description = message.description.unwrap_or_default();
+                    return Err(EventLogError::Request(format!("direct get answered {status} {description}")));
+                }
+            }
+        }
+        Err(EventLogError::Disconnected)
+    }
+
+    /// Appends `event`, which takes account `id` to the state `after`, if
+    /// and only if the account's last event is still at `expected_position`.
+    /// Returns once JetStream has acknowledged it: the event is durable.
     pub async fn append(
         &self,
         id: &AccountId,
         expected_position: u64,
-        version: u64,
+        after: &Account,
         event: &AccountEvent,
         command_id: Option<&CommandId>,
     ) -> Result<Appended, EventLogError> {
@@ -259,25 +336,21 @@ impl EventLog {
             .start(&self.tracer);
         let cx = Context::current_with_span(span);
 
-        let mut message_headers = HeaderMap::new();
+        let time = now_rfc3339();
+        let envelope = Envelope {
+            event_id: &event_id,
+            source: self.source,
+            event_type: event.type_name(),
+            time: &time,
+            account_id: id.as_str(),
+            version: after.version,
+            balance: after.balance,
+            command_id: command_id.map(CommandId::as_str),
+        };
+        let mut message_headers = envelope.headers();
         // The event carries the PRODUCER span's context: consumers link to it.
         propagation::inject_into_nats(&cx, &mut message_headers);
-        message_headers.insert(headers::SPEC_VERSION_HEADER, headers::SPEC_VERSION);
-        message_headers.insert(headers::ID, event_id.as_str());
-        message_headers.insert(headers::SOURCE, self.source);
-        message_headers.insert(headers::TYPE, event.type_name());
-        message_headers.insert(headers::TIME, now_rfc3339().as_str());
-        message_headers.insert(headers::SUBJECT, id.as_str());
-        message_headers.insert(headers::AGGREGATE_VERSION, version.to_string().as_str());
-        message_headers.insert(headers::CONTENT_TYPE, headers::CONTENT_TYPE_PROTOBUF);
-        // Dedupe per account: the same key on two accounts is two commands.
-        let message_id = match command_id {
-            Some(command_id) => {
-                message_headers.insert(headers::COMMAND_ID, command_id.as_str());
-                format!("{id}:{}", command_id.as_str())
-            }
-            None => event_id,
-        };
+        let message_id = envelope.message_id();
         let publish = PublishMessage::build()
             .payload(event.encode(id.as_str()).into())
             .headers(message_headers)
@@ -366,13 +439,21 @@ impl Replay {
         Ok(())
     }
 
-    fn finish(self) -> (LoadedAccount, Vec<RecordedCommand>) {
+    fn finish(mut self) -> (LoadedAccount, Vec<RecordedCommand>) {
+        self.loaded.history_read = true;
         (self.loaded, self.commands.into())
     }
 }
 
 fn header<'a>(message_headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     message_headers.get(name).map(|value| value.as_str())
+}
+
+/// Whether nats-server `version` (`2.15.1`, `2.11.0-RC.1`) answers
+/// batched direct gets: 2.11 or later.
+fn supports_batched_direct_get(version: &str) -> bool {
+    let mut parts = version.split(['.', '-']).map(|part| part.parse::<u64>().ok());
+    matches!((parts.next().flatten(), parts.next().flatten()), (Some(major), Some(minor)) if (major, minor) >= (2, 11))
 }
 
 fn now_rfc3339() -> String {
@@ -388,6 +469,22 @@ pub fn error_type(error: &EventLogError) -> &'static str {
         EventLogError::TimedOut(_) => "timeout",
         EventLogError::Conflict => "conflict",
         EventLogError::Unreadable { .. } => "unreadable_event",
+        EventLogError::ServerTooOld { .. } => "server_too_old",
         EventLogError::Request(_) => "request_failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_direct_gets_need_nats_server_2_11() {
+        for old in ["2.9.10", "2.10.24", "1.4.1", "", "garbage"] {
+            assert!(!supports_batched_direct_get(old), "{old}");
+        }
+        for new in ["2.11.0", "2.11.0-RC.1", "2.15.1", "3.0.0"] {
+            assert!(supports_batched_direct_get(new), "{new}");
+        }
     }
 }

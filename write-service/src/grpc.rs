@@ -43,7 +43,8 @@ impl CommandService {
         command_type: CommandType,
         parse: impl FnOnce() -> Result<Parsed, ValidationError>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        let (cx, started) = self.telemetry.start(command_type);
+        let call = self.telemetry.start(command_type);
+        let cx = call.cx.clone();
         let outcome = async {
             let parsed = parse()?;
             cx.span().set_attribute(KeyValue::new("cqrs.aggregate.id", parsed.account_id.to_string()));
@@ -53,7 +54,7 @@ impl CommandService {
         }
         .with_context(cx.clone())
         .await;
-        self.telemetry.finish(command_type, &cx, started, outcome.as_ref().map(|(_, accepted)| accepted));
+        call.finish(outcome.as_ref().map(|(_, accepted)| accepted));
         let (account_id, accepted) = outcome?;
         Ok(Response::new(pb::CommandReply {
             account_id: account_id.to_string(),

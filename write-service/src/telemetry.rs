@@ -13,6 +13,8 @@ use opentelemetry::{
 use opentelemetry_semantic_conventions::attribute as semconv;
 use shared::grpc_telemetry::{CQRS_SIDE, MILLISECONDS_BOUNDARIES, code_name};
 
+use tonic::Code;
+
 use crate::{app::Accepted, error::CommandError};
 
 const SIDE: &str = "write";
@@ -74,26 +76,71 @@ impl Default for CommandTelemetry {
     }
 }
 
+/// A command being handled: its span's context, and its outcome to record.
+/// Dropped unfinished (the client cancelled, or its deadline passed, and
+/// the server dropped the handler), it records the command as CANCELLED,
+/// so that no call vanishes from the span and the metrics.
+pub struct CommandCall<'a> {
+    telemetry: &'a CommandTelemetry,
+    command: CommandType,
+    /// The `command.<Type>` span's context: run the command in it.
+    pub cx: Context,
+    started: Instant,
+    finished: bool,
+}
+
+impl CommandCall<'_> {
+    /// Records the command's outcome on its span and in the metrics.
+    pub fn finish(mut self, outcome: Result<&Accepted, &CommandError>) {
+        self.finished = true;
+        self.telemetry.record(
+            self.command,
+            &self.cx,
+            self.started,
+            outcome.map_err(|error| (error.code(), error as &dyn std::error::Error)),
+        );
+    }
+}
+
+impl Drop for CommandCall<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let cancelled = Cancelled;
+            self.telemetry.record(self.command, &self.cx, self.started, Err((Code::Cancelled, &cancelled)));
+        }
+    }
+}
+
+/// Why a command has no outcome: it was dropped before it had one.
+#[derive(Debug, thiserror::Error)]
+#[error("the call was cancelled (client gone or deadline passed) before the command finished")]
+struct Cancelled;
+
 impl CommandTelemetry {
     /// Starts the `command.<Type>` span as a child of the current context
-    /// (the SERVER span). Returns the context to run the command in.
-    pub fn start(&self, command: CommandType) -> (Context, Instant) {
+    /// (the SERVER span).
+    pub fn start(&self, command: CommandType) -> CommandCall<'_> {
         let span = self
             .tracer
             .span_builder(command.span_name())
             .with_kind(SpanKind::Internal)
             .with_attributes([KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("cqrs.command.type", command.name())])
             .start(&self.tracer);
-        (Context::current_with_span(span), Instant::now())
+        CommandCall {
+            telemetry: self,
+            command,
+            cx: Context::current_with_span(span),
+            started: Instant::now(),
+            finished: false,
+        }
     }
 
-    /// Records the command's outcome on its span and in the metrics.
-    pub fn finish(
+    fn record(
         &self,
         command: CommandType,
         cx: &Context,
         started: Instant,
-        outcome: Result<&Accepted, &CommandError>,
+        outcome: Result<&Accepted, (Code, &dyn std::error::Error)>,
     ) {
         let span = cx.span();
         let mut attributes = vec![KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("command.type", command.name())];
@@ -108,8 +155,8 @@ impl CommandTelemetry {
                 }
                 attributes.push(KeyValue::new("command.status", "success"));
             }
-            Err(error) => {
-                let code = code_name(error.code());
+            Err((code, error)) => {
+                let code = code_name(code);
                 span.set_attribute(KeyValue::new("cqrs.events.count", 0));
                 span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, code));
                 span.record_error(error);

@@ -264,3 +264,66 @@ pub(crate) fn attribute_keys(data: Option<&Data>) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_client_cancels_is_counted_with_its_status_and_its_spans_end() {
+    // Given a read-service exporting to a collector, and a query that waits
+    // for a position the read model will not reach.
+    let receiver = OtlpReceiver::start().await;
+    let store = Store::sqlite();
+    let env = vec![
+        ("READ_STORE_URL", store.url()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let read_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let read = spawn("read-service", read_addr, &env);
+    wait_for_health(read_addr, ServingStatus::Serving).await;
+    let mut queries = pb::account_query_service_client::AccountQueryServiceClient::new(channel(read_addr));
+    let mut get = pb::GetAccountRequest { account_id: "later".into(), min_position: 1_000 }.into_request();
+    get.metadata_mut()
+        .insert("traceparent", MetadataValue::try_from(format!("00-{QUERY_TRACE}-{CLIENT_SPAN}-01").as_str()).unwrap());
+
+    // When the client gives up after 300 ms (its future is dropped: HTTP/2
+    // RST_STREAM), and makes one call that completes.
+    assert!(tokio::time::timeout(Duration::from_millis(300), queries.get_account(get)).await.is_err());
+    let missing = pb::GetAccountRequest { account_id: "missing".into(), min_position: 0 };
+    assert_eq!(queries.get_account(missing).await.unwrap_err().code(), Code::NotFound);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop(read).await;
+
+    // Then the cancelled call has its SERVER and query spans, ended with
+    // CANCELLED, and both calls are counted with their status.
+    let spans = receiver.spans();
+    let server = find(&spans, "read-service", "bank.v1.AccountQueryService/GetAccount", QUERY_TRACE);
+    assert_eq!(text(server, "rpc.response.status_code"), "CANCELLED");
+    let query = find(&spans, "read-service", "query.GetAccount", QUERY_TRACE);
+    assert_eq!(text(query, "error.type"), "CANCELLED");
+    assert_eq!(query.status.as_ref().map(|s| s.code()), Some(StatusCode::Error));
+    let metrics = receiver.metrics();
+    let statuses = |name: &str, key: &str| -> BTreeSet<String> {
+        metrics
+            .iter()
+            .filter(|m| m.metric.name == name)
+            .flat_map(|m| data_point_values(m.metric.data.as_ref(), key))
+            .collect()
+    };
+    let calls = statuses("rpc.server.call.duration", "rpc.response.status_code");
+    assert!(calls.contains("CANCELLED") && calls.contains("NOT_FOUND"), "rpc.server.call.duration: {calls:?}");
+    let queries_counted = statuses("cqrs.query.total", "error.type");
+    assert!(queries_counted.contains("CANCELLED") && queries_counted.contains("NOT_FOUND"), "{queries_counted:?}");
+    let durations = statuses("cqrs.query.duration", "error.type");
+    assert!(durations.contains("CANCELLED"), "cqrs.query.duration: {durations:?}");
+}
+
+/// The string values attribute `key` takes in a metric's data points.
+fn data_point_values(data: Option<&Data>, key: &str) -> Vec<String> {
+    let value = |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| string_attribute(attributes, key);
+    match data {
+        Some(Data::Histogram(histogram)) => histogram.data_points.iter().filter_map(|p| value(&p.attributes)).collect(),
+        Some(Data::Sum(sum)) => sum.data_points.iter().filter_map(|p| value(&p.attributes)).collect(),
+        Some(Data::Gauge(gauge)) => gauge.data_points.iter().filter_map(|p| value(&p.attributes)).collect(),
+        _ => Vec::new(),
+    }
+}

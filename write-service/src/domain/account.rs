@@ -2,13 +2,12 @@
 
 use super::{AccountEvent, Amount, Owner};
 
-/// An account's state, folded from its events.
+/// An account's state, folded from its events: only what decisions need
+/// (the holder's name is not, so the write side does not keep it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Account {
     /// How many events the account has; 0 if it was never opened.
     pub version: u64,
-    /// The account holder's name (empty before the account is opened).
-    pub owner: String,
     /// The balance in minor units; never negative.
     pub balance: i64,
     /// Whether the account exists and accepts commands.
@@ -125,10 +124,7 @@ impl Account {
     pub fn apply(&mut self, event: &AccountEvent) {
         self.version += 1;
         match event {
-            AccountEvent::Opened { owner } => {
-                self.owner.clone_from(owner);
-                self.status = AccountStatus::Open;
-            }
+            AccountEvent::Opened { .. } => self.status = AccountStatus::Open,
             AccountEvent::Deposited { amount } => self.balance = self.balance.saturating_add(*amount),
             AccountEvent::Withdrawn { amount } => self.balance = self.balance.saturating_sub(*amount),
             AccountEvent::Closed => self.status = AccountStatus::Closed,
@@ -176,7 +172,7 @@ mod tests {
         let event = account.decide(&Command::Open { owner: owner() }).unwrap();
         assert_eq!(event, opened());
         let account = given(&[event]);
-        assert_eq!((account.version, account.status, account.owner.as_str()), (1, AccountStatus::Open, "Ada"));
+        assert_eq!((account.version, account.status, account.balance), (1, AccountStatus::Open, 0));
     }
 
     #[test]

@@ -3,11 +3,11 @@
 
 use async_nats::jetstream::{self, stream::DiscardPolicy};
 use prost::Message;
-use shared::proto::bank::v1 as pb;
+use shared::{event_log::Envelope, events::AccountEvent, proto::bank::v1 as pb};
 use std::time::Duration;
 use testkit::NatsServer;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-use tonic::{IntoRequest, metadata::MetadataValue};
+use tonic::{Code, IntoRequest, metadata::MetadataValue};
 
 use crate::helpers::*;
 
@@ -42,6 +42,8 @@ async fn each_event_is_a_traced_cloudevent_with_a_protobuf_payload() {
     let mut request = pb::DepositFundsRequest { command_id: "cmd-42".into(), ..deposit("acc-7", 250) }.into_request();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     request.metadata_mut().insert("traceparent", MetadataValue::from_static(traceparent));
+    request.metadata_mut().insert("tracestate", MetadataValue::from_static("vendor=opaque-state"));
+    request.metadata_mut().insert("baggage", MetadataValue::from_static("user.email=alice%40example.com,session=s3"));
     let reply = client.deposit_funds(request).await.unwrap().into_inner();
 
     let events = events(&nats.url()).await;
@@ -67,6 +69,12 @@ async fn each_event_is_a_traced_cloudevent_with_a_protobuf_payload() {
     let parts: Vec<&str> = injected.split('-').collect();
     assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(parts[2], "00f067aa0ba902b7");
+    // Nothing else the caller sent is kept in the (undeletable) log.
+    let stored: Vec<&str> = event.headers.iter().map(|(name, _)| name.as_ref()).collect();
+    assert!(!stored.iter().any(|name| ["tracestate", "baggage"].contains(name)), "stored: {stored:?}");
+    let values: Vec<String> =
+        event.headers.iter().flat_map(|(_, values)| values.iter().map(|v| v.to_string())).collect();
+    assert!(!values.iter().any(|value| value.contains("alice") || value.contains("opaque-state")), "{values:?}");
 
     let payload = pb::FundsDeposited::decode(event.payload.clone()).unwrap();
     assert_eq!(payload, pb::FundsDeposited { account_id: "acc-7".into(), amount: 250 });
@@ -89,4 +97,51 @@ async fn a_malformed_traceparent_is_ignored_and_never_fails_the_request() {
     let events = events(&nats.url()).await;
     let traceparent = events[0].headers.get("traceparent").expect("a fresh trace").as_str();
     assert_eq!(traceparent.len(), 55);
+}
+
+#[tokio::test]
+async fn an_account_whose_events_predate_the_balance_header_is_loaded_by_replay() {
+    // Given an account written by a version that did not record the
+    // balance in the envelope.
+    let nats = NatsServer::start().await;
+    let app = TestApp::spawn(&nats.url()).await;
+    let jetstream = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let history = [
+        AccountEvent::Opened { owner: "Ada".into() },
+        AccountEvent::Deposited { amount: 100 },
+        AccountEvent::Withdrawn { amount: 30 },
+    ];
+    for (version, event) in (1..).zip(&history) {
+        let event_id = format!("old-{version}");
+        let envelope = Envelope {
+            event_id: &event_id,
+            source: "write-service",
+            event_type: event.type_name(),
+            time: "2026-11-01T00:00:00Z",
+            account_id: "old",
+            version,
+            balance: 0,
+            command_id: None,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in envelope.headers().iter() {
+            for value in values.iter().filter(|_| name.to_string() != "ce-accountbalance") {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        jetstream
+            .publish_with_headers("test.account.old", headers, event.encode("old").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    // When commands arrive, then they are decided on the replayed balance.
+    let mut client = app.client.clone();
+    assert_status(client.withdraw_funds(withdraw("old", 71)).await, Code::FailedPrecondition, "balance of 70");
+    assert_eq!(client.withdraw_funds(withdraw("old", 70)).await.unwrap().into_inner().version, 4);
+    // And from then on the last event carries it.
+    let last = events(&nats.url()).await.pop().unwrap();
+    assert_eq!(last.headers.get("ce-accountbalance").map(|v| v.as_str()), Some("0"));
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cold_start;
 mod commands;
 mod concurrency;
 mod event_log;
