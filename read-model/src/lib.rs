@@ -288,6 +288,13 @@ macro_rules! history_columns {
 }
 
 impl ReadStore {
+    /// The accounts of `account_ids` that the read model has, in no
+    /// particular order: many lookups in one statement.
+    pub async fn accounts_by_id(&self, account_ids: &[String]) -> Result<Vec<AccountRow>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        select_accounts(&mut *connection, self.backend, account_ids).await
+    }
+
     /// One account, if the read model has it.
     pub async fn account(&self, account_id: &str) -> Result<Option<AccountRow>, StoreError> {
         const SQL: &str = concat!("SELECT ", account_columns!(), " FROM account_summary WHERE account_id = $1");
@@ -435,23 +442,7 @@ impl ProjectionBatch {
     /// The summary rows of `account_ids` (those that exist), as of this
     /// batch: one query per 500 ids rather than one per account.
     pub async fn accounts(&mut self, account_ids: &[String]) -> Result<Vec<AccountRow>, StoreError> {
-        let mut found = Vec::with_capacity(account_ids.len());
-        for chunk in account_ids.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT {} FROM account_summary WHERE account_id IN ({})",
-                account_columns!(),
-                list_placeholders(self.backend, chunk.len())
-            );
-            // Dynamic only in the number of placeholders.
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&mut *self.tx).await? {
-                found.push(account_row(&row)?);
-            }
-        }
-        Ok(found)
+        select_accounts(&mut *self.tx, self.backend, account_ids).await
     }
 
     /// The latest history row of each of `account_ids` (those that have
@@ -619,6 +610,32 @@ fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `SELECT`s the summary rows of `account_ids`, `ROWS_PER_STATEMENT` at a
+/// time.
+async fn select_accounts(
+    connection: &mut sqlx::AnyConnection,
+    backend: Backend,
+    account_ids: &[String],
+) -> Result<Vec<AccountRow>, StoreError> {
+    let mut found = Vec::with_capacity(account_ids.len());
+    for chunk in account_ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT {} FROM account_summary WHERE account_id IN ({})",
+            account_columns!(),
+            list_placeholders(backend, chunk.len())
+        );
+        // Dynamic only in the number of placeholders.
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.clone());
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            found.push(account_row(&row)?);
+        }
+    }
+    Ok(found)
 }
 
 async fn read_checkpoints<'e, E>(executor: E) -> Result<Checkpoints, StoreError>

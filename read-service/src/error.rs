@@ -1,6 +1,8 @@
 //! The read side's errors at its gRPC boundary, and their one mapping to
 //! `tonic::Status`.
 
+use std::sync::Arc;
+
 use read_model::StoreError;
 use shared::validation::ValidationError;
 use tonic::{Code, Status};
@@ -31,12 +33,12 @@ pub enum QueryError {
     NotReady,
     /// UNAVAILABLE: the read store cannot be reached.
     #[error("the read store is unavailable; retry later")]
-    Store(#[source] StoreError),
+    Store(#[source] Arc<StoreError>),
 }
 
 impl From<StoreError> for QueryError {
     fn from(error: StoreError) -> Self {
-        Self::Store(error)
+        Self::Store(Arc::new(error))
     }
 }
 

@@ -10,5 +10,6 @@ pub mod domain;
 pub mod error;
 pub mod freshness;
 pub mod grpc;
+pub mod lookups;
 pub mod startup;
 pub mod telemetry;

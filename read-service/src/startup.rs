@@ -86,7 +86,9 @@ async fn connect(config: Config, slot: Arc<std::sync::OnceLock<Queries>>, report
             random_secret()
         }
     };
-    let _ = slot.set(Queries::new(store, PageTokens::new(&secret), config.max_consistency_wait));
+    let queries =
+        Queries::new(store, config.read_store_max_connections, PageTokens::new(&secret), config.max_consistency_wait);
+    let _ = slot.set(queries);
     grpc_server::set_health(&reporter, SERVICE_NAME, ServingStatus::Serving).await;
 }
 
