@@ -292,7 +292,7 @@ impl ReadStore {
     /// particular order: many lookups in one statement.
     pub async fn accounts_by_id(&self, account_ids: &[String]) -> Result<Vec<AccountRow>, StoreError> {
         let mut connection = self.pool.acquire().await?;
-        select_accounts(&mut *connection, self.backend, account_ids).await
+        select_accounts(&mut connection, self.backend, account_ids).await
     }
 
     /// One account, if the read model has it.
@@ -442,7 +442,7 @@ impl ProjectionBatch {
     /// The summary rows of `account_ids` (those that exist), as of this
     /// batch: one query per 500 ids rather than one per account.
     pub async fn accounts(&mut self, account_ids: &[String]) -> Result<Vec<AccountRow>, StoreError> {
-        select_accounts(&mut *self.tx, self.backend, account_ids).await
+        select_accounts(&mut self.tx, self.backend, account_ids).await
     }
 
     /// The latest history row of each of `account_ids` (those that have
