@@ -43,7 +43,7 @@ use crate::{
     config::Config,
     domain::{EventRecord, projections},
     error::ProjectorError,
-    telemetry::{Handled, Outcome, ProjectionTelemetry},
+    telemetry::{Handled, Outcome, ProjectionTelemetry, Traffic},
 };
 
 /// An event as delivered by JetStream.
@@ -95,8 +95,22 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn new(store: ReadStore, stream: jetstream::stream::Stream, names: EventLogArgs) -> Self {
-        Self { store, stream, names, telemetry: ProjectionTelemetry::default() }
+    /// A projector of the live log, consuming as `consumer`.
+    pub fn new(store: ReadStore, stream: jetstream::stream::Stream, names: EventLogArgs, consumer: &str) -> Self {
+        let telemetry = ProjectionTelemetry::new(Traffic::Live, consumer, names.all_accounts_subject());
+        Self { store, stream, names, telemetry }
+    }
+
+    /// A projector that replays history (`projector rebuild`): its
+    /// telemetry reports progress, not lag (see `telemetry`).
+    pub fn for_replay(store: ReadStore, stream: jetstream::stream::Stream, names: EventLogArgs) -> Self {
+        let telemetry = ProjectionTelemetry::new(Traffic::Replay, "rebuild", names.all_accounts_subject());
+        Self { store, stream, names, telemetry }
+    }
+
+    /// Its telemetry.
+    pub fn telemetry(&self) -> &ProjectionTelemetry {
+        &self.telemetry
     }
 
     /// The read store.

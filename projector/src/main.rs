@@ -43,7 +43,7 @@ async fn run_rebuild(config: projector::config::Config, projection: Option<Proje
     let projections = projection.map_or_else(|| Projection::ALL.to_vec(), |p| vec![p]);
     let stream = try_connect_event_log(&config).await?;
     let store = ReadStore::connect(config.read_store_url.expose(), 2).await?;
-    let projector = Projector::new(store, stream.clone(), config.event_log.clone());
+    let projector = Projector::for_replay(store, stream.clone(), config.event_log.clone());
     let report = rebuild(
         &projector,
         &stream,

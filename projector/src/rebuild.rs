@@ -94,6 +94,7 @@ pub async fn rebuild(
             // running alongside: then it was a duplicate for us).
             position = delivered.last().map_or(position, |d| d.position);
             progress.set_position(position.min(last));
+            projector.telemetry().set_replay_progress(position.min(last), last);
         }
     }
     progress.finish();

@@ -52,7 +52,7 @@ impl Application {
 
         let work = async {
             let (stream, store) = tokio::join!(connect_event_log(&config), connect_store(&config));
-            let projector = Arc::new(Projector::new(store, stream, config.event_log.clone()));
+            let projector = Arc::new(Projector::new(store, stream, config.event_log.clone(), &config.consumer));
             let result = Arc::clone(&projector).run(&config, reporter.clone(), shutdown.clone()).await;
             projector.store().close().await;
             result

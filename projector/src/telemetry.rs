@@ -5,6 +5,13 @@
 //!
 //! A link, not a parent: redeliveries, replays and rebuilds carry the
 //! original context, and parenting on it would grow one trace without bound.
+//!
+//! Replay-aware: a `projector rebuild` re-applies history, whose events are
+//! as old as the log. Counted as live traffic they would pin the lag at its
+//! top bucket and page on-call, and every replayed event would start a
+//! trace. So replayed events make no span and no lag; they are counted in
+//! `cqrs.projection.replayed`, with the replay's position and target as
+//! gauges (progress, rate and ETA on the projection dashboard).
 
 use std::{
     sync::{
@@ -63,19 +70,35 @@ pub struct Handled {
     pub outcomes: Vec<(Projection, Outcome)>,
 }
 
+/// What the projector is applying: the live log, or history again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// Events as they are appended: spans, lag, outcomes.
+    Live,
+    /// A rebuild: progress only (see the module's documentation).
+    Replay,
+}
+
 /// Instruments for projecting.
 #[derive(Clone)]
 pub struct ProjectionTelemetry {
+    traffic: Traffic,
     tracer: Arc<global::BoxedTracer>,
+    /// Attributes every CONSUMER span carries (consumer group, template).
+    consumer: Arc<[KeyValue]>,
     lag: Histogram<f64>,
     events: Counter<u64>,
+    replayed: Counter<u64>,
     dead_letters: Counter<u64>,
     pending: Arc<AtomicU64>,
     checkpoints: Arc<[AtomicU64; 2]>,
+    replay: Arc<[AtomicU64; 2]>,
 }
 
-impl Default for ProjectionTelemetry {
-    fn default() -> Self {
+impl ProjectionTelemetry {
+    /// Instruments for `traffic` read by the durable consumer `consumer`
+    /// from the subjects `destination_template` (`<prefix>.account.*`).
+    pub fn new(traffic: Traffic, consumer: &str, destination_template: String) -> Self {
         let meter = global::meter("projector");
         let pending = Arc::new(AtomicU64::new(0));
         let checkpoints: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -106,8 +129,38 @@ impl Default for ProjectionTelemetry {
             .build();
         // Exported from the start at 0, so that the first dead letter is an
         // increase (a series that appears at 1 is invisible to `increase()`).
-        dead_letters.add(0, &[KeyValue::new(CQRS_SIDE, SIDE)]);
+        if traffic == Traffic::Live {
+            dead_letters.add(0, &[KeyValue::new(CQRS_SIDE, SIDE)]);
+        }
+        let replay: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        if traffic == Traffic::Replay {
+            let observed = Arc::clone(&replay);
+            meter
+                .u64_observable_gauge("cqrs.projection.replay.position")
+                .with_description("The last event-log position a rebuild has applied")
+                .with_callback(move |gauge| {
+                    gauge.observe(observed[0].load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
+                })
+                .build();
+            let observed = Arc::clone(&replay);
+            meter
+                .u64_observable_gauge("cqrs.projection.replay.target")
+                .with_description("The event-log position a rebuild replays up to")
+                .with_callback(move |gauge| {
+                    gauge.observe(observed[1].load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
+                })
+                .build();
+        }
         Self {
+            traffic,
+            consumer: Arc::from(vec![
+                KeyValue::new(semconv::MESSAGING_CONSUMER_GROUP_NAME, consumer.to_owned()),
+                KeyValue::new(semconv::MESSAGING_DESTINATION_TEMPLATE, destination_template),
+            ]),
+            replayed: meter
+                .u64_counter("cqrs.projection.replayed")
+                .with_description("Events a rebuild re-applied, per projection (not live traffic)")
+                .build(),
             tracer: Arc::new(global::tracer("projector")),
             lag: meter
                 .f64_histogram("cqrs.projection.lag")
@@ -122,6 +175,7 @@ impl Default for ProjectionTelemetry {
             dead_letters,
             pending,
             checkpoints,
+            replay,
         }
     }
 }
@@ -139,6 +193,12 @@ impl ProjectionTelemetry {
         self.pending.store(pending, Ordering::Relaxed);
     }
 
+    /// Records how far a rebuild is: `position` of `target`.
+    pub fn set_replay_progress(&self, position: u64, target: u64) {
+        self.replay[0].store(position, Ordering::Relaxed);
+        self.replay[1].store(target, Ordering::Relaxed);
+    }
+
     /// Records the checkpoints after a commit.
     pub fn set_checkpoints(&self, checkpoints: Checkpoints) {
         for projection in Projection::ALL {
@@ -150,6 +210,15 @@ impl ProjectionTelemetry {
     /// `started` is when the batch began, the spans end now (when the
     /// effects became visible).
     pub fn record(&self, handled: &Handled, started: SystemTime) {
+        if self.traffic == Traffic::Replay {
+            for (projection, outcome) in &handled.outcomes {
+                if *outcome != Outcome::DuplicateSkipped {
+                    self.replayed
+                        .add(1, &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("projection.name", projection.name())]);
+                }
+            }
+            return;
+        }
         let now = SystemTime::now();
         let now_us = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
         let lag_ms = handled.occurred_at_us.map(|at| (now_us - at).max(0) as f64 / 1000.0);
@@ -162,11 +231,14 @@ impl ProjectionTelemetry {
                 KeyValue::new("cqrs.projection.name", projection.name()),
                 KeyValue::new("cqrs.event.type", event_type.clone()),
                 KeyValue::new("cqrs.event.position", handled.position as i64),
-                KeyValue::new("cqrs.projection.outcome", outcome.name()),
+                // The blog's key for what happened to the event.
+                KeyValue::new("cqrs.projection.status", outcome.name()),
                 KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "process"),
                 KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
                 KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, handled.subject.clone()),
             ];
+            attributes.extend(self.consumer.iter().cloned());
             if let Some(account_id) = &handled.account_id {
                 attributes.push(KeyValue::new("cqrs.event.aggregate_id", account_id.clone()));
             }
@@ -183,6 +255,8 @@ impl ProjectionTelemetry {
                 .with_attributes(attributes)
                 .start_with_context(self.tracer.as_ref(), &opentelemetry::Context::new());
             if let Outcome::Failed(reason) = outcome {
+                // Low-cardinality class; the reason itself is the status.
+                span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, "dead_letter"));
                 span.set_status(SpanStatus::error(reason.clone()));
                 dead_lettered = true;
             }

@@ -6,14 +6,20 @@
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER`,
 //! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_BSP_*`, `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, ...), plus `OTEL_SDK_DISABLED=true` to switch
-//! traces and metrics off. Logs are filtered with `RUST_LOG`.
+//! traces and metrics off. Logs are filtered with `RUST_LOG`. One addition
+//! to the standard samplers: a root span linked to another trace follows
+//! that trace's sampling decision ([`FollowLinkedTrace`]).
 
 use std::time::Duration;
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TraceState};
 use opentelemetry::{KeyValue, global};
 use opentelemetry_otlp::{RetryPolicy, WithTonicConfig};
-use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    metrics::SdkMeterProvider,
+    trace::{self, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample},
+};
 use opentelemetry_semantic_conventions::resource::{SERVICE_INSTANCE_ID, SERVICE_VERSION};
 use tracing_subscriber::{
     EnvFilter,
@@ -64,8 +70,11 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
     let retries = RetryPolicy::recommended().with_max_retries(1);
     let span_exporter =
         opentelemetry_otlp::SpanExporter::builder().with_tonic().with_retry_policy(retries.clone()).build()?;
-    let tracer_provider =
-        SdkTracerProvider::builder().with_batch_exporter(span_exporter).with_resource(resource.clone()).build();
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_batch_exporter(span_exporter)
+        .with_sampler(FollowLinkedTrace(trace::Config::default().sampler))
+        .with_resource(resource.clone())
+        .build();
     global::set_tracer_provider(tracer_provider.clone());
 
     let metric_exporter =
@@ -75,6 +84,37 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
     global::set_meter_provider(meter_provider.clone());
 
     Ok(TelemetryGuard { tracer_provider: Some(tracer_provider), meter_provider: Some(meter_provider) })
+}
+
+/// The sampler of `OTEL_TRACES_SAMPLER`, except for a root span that links
+/// to another trace (the projector's CONSUMER spans, linked to the
+/// PRODUCER span in the event): that one follows the linked trace's
+/// sampling decision. Sampled on its own at ratio r, only about r² of
+/// producer/consumer pairs would both survive; this way every kept
+/// command trace keeps its projection, and a dropped one drops it too.
+#[derive(Debug, Clone)]
+struct FollowLinkedTrace(Box<dyn ShouldSample>);
+
+impl ShouldSample for FollowLinkedTrace {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let is_root = parent.is_none_or(|cx| !cx.span().span_context().is_valid());
+        match links.first().map(|link| &link.span_context) {
+            Some(linked) if is_root && linked.is_valid() => SamplingResult {
+                decision: if linked.is_sampled() { SamplingDecision::RecordAndSample } else { SamplingDecision::Drop },
+                attributes: Vec::new(),
+                trace_state: TraceState::default(),
+            },
+            _ => self.0.should_sample(parent, trace_id, name, kind, attributes, links),
+        }
+    }
 }
 
 /// Installs only the log subscriber (`RUST_LOG`); `init` calls it too.

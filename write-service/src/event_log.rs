@@ -132,6 +132,10 @@ impl EventLog {
         settings: &StreamSettings,
         timeout: Duration,
     ) -> Result<Self, EventLogError> {
+        // The server's version is known once its INFO arrived.
+        if client.connection_state() != State::Connected {
+            return Err(EventLogError::Disconnected);
+        }
         let version = client.server_info().version;
         if !supports_batched_direct_get(&version) {
             return Err(EventLogError::ServerTooOld { version });

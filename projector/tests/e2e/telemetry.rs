@@ -185,7 +185,10 @@ async fn one_trace_across_the_broker_and_every_metric_reach_the_collector() {
         assert_eq!(text(projection, "cqrs.side"), "projection");
         assert_eq!(text(projection, "cqrs.event.type"), "bank.v1.FundsDeposited");
         assert_eq!(text(projection, "cqrs.event.aggregate_id"), "traced");
-        assert_eq!(text(projection, "cqrs.projection.outcome"), "applied");
+        assert_eq!(text(projection, "cqrs.projection.status"), "applied");
+        assert_eq!(text(projection, "messaging.operation.name"), "process");
+        assert_eq!(text(projection, "messaging.consumer.group.name"), "projector");
+        assert_eq!(text(projection, "messaging.destination.template"), "test.account.*");
         assert_eq!(attr(projection, "cqrs.event.position"), Some(Value::IntValue(deposited.position as i64)));
         assert!(matches!(attr(projection, "cqrs.projection.lag_ms"), Some(Value::DoubleValue(_))));
     }
@@ -326,4 +329,123 @@ fn data_point_values(data: Option<&Data>, key: &str) -> Vec<String> {
         Some(Data::Gauge(gauge)) => gauge.data_points.iter().filter_map(|p| value(&p.attributes)).collect(),
         _ => Vec::new(),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_reports_its_progress_and_neither_lag_nor_spans() {
+    // Given a log of 300 events (created as the write-service creates it).
+    let receiver = OtlpReceiver::start().await;
+    let nats = NatsServer::start().await;
+    let store = Store::sqlite();
+    let write_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let write = spawn("write-service", write_addr, &[("NATS_URL", nats.url()), ("OTEL_SDK_DISABLED", "true".into())]);
+    wait_for_health(write_addr, ServingStatus::Serving).await;
+    let names = shared::event_log::EventLogArgs { stream: STREAM.into(), subject_prefix: PREFIX.into() };
+    let last = testkit::event_log::seed(&nats.url(), &names, "old-", 100, 3).await.unwrap();
+    stop(write).await;
+
+    // When the read model is rebuilt with telemetry on.
+    let output = projector_command(&nats.url(), &store.url())
+        .env("OTEL_SDK_DISABLED", "false")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .arg("rebuild")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Then its progress is reported, and nothing that live traffic reports:
+    // no lag (years-old events would pin it and page), no span per event.
+    let metrics = receiver.metrics();
+    let exported = |name: &str| metrics.iter().filter(|m| m.metric.name == name).collect::<Vec<_>>();
+    assert!(exported("cqrs.projection.lag").is_empty(), "a rebuild recorded lag");
+    assert!(exported("cqrs.projection.events").is_empty(), "a rebuild counted as live traffic");
+    let replayed: Vec<f64> =
+        exported("cqrs.projection.replayed").iter().flat_map(|m| numbers(m.metric.data.as_ref())).collect();
+    assert_eq!(replayed.iter().copied().fold(0.0, f64::max), last as f64, "per projection: {replayed:?}");
+    let position = exported("cqrs.projection.replay.position")
+        .iter()
+        .flat_map(|m| numbers(m.metric.data.as_ref()))
+        .fold(0.0, f64::max);
+    let target = exported("cqrs.projection.replay.target")
+        .iter()
+        .flat_map(|m| numbers(m.metric.data.as_ref()))
+        .fold(0.0, f64::max);
+    assert_eq!((position, target), (last as f64, last as f64));
+    let spans = receiver.spans();
+    assert!(!spans.iter().any(|s| s.span.name.starts_with("projection.")), "a rebuild traced every event");
+}
+
+/// The values of a sum's or gauge's data points.
+fn numbers(data: Option<&Data>) -> Vec<f64> {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+    let points = match data {
+        Some(Data::Sum(sum)) => &sum.data_points,
+        Some(Data::Gauge(gauge)) => &gauge.data_points,
+        _ => return Vec::new(),
+    };
+    points
+        .iter()
+        .filter_map(|point| match point.value {
+            Some(Number::AsInt(n)) => Some(n as f64),
+            Some(Number::AsDouble(x)) => Some(x),
+            None => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_span_follows_the_sampling_decision_of_the_command_it_links_to() {
+    // Given services that start no trace of their own (ratio 0): only calls
+    // in a client's sampled trace are traced.
+    let receiver = OtlpReceiver::start().await;
+    let nats = NatsServer::start().await;
+    let store = Store::sqlite();
+    let env = vec![
+        ("NATS_URL", nats.url()),
+        ("READ_STORE_URL", store.url()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+        ("OTEL_TRACES_SAMPLER_ARG", "0".to_owned()),
+    ];
+    let [write_addr, projector_addr] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let write = spawn("write-service", write_addr, &env);
+    wait_for_health(write_addr, ServingStatus::Serving).await;
+    let projector = spawn("projector", projector_addr, &env);
+    wait_for_health(projector_addr, ServingStatus::Serving).await;
+
+    // When one deposit comes in a sampled trace and one in an unsampled one.
+    let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
+    let open = pb::OpenAccountRequest { account_id: "sampled".into(), owner: "Ada".into(), command_id: String::new() };
+    commands.open_account(open).await.unwrap();
+    let mut last = 0;
+    for (trace, flags) in [(TRACE, "01"), (QUERY_TRACE, "00")] {
+        let deposit = pb::DepositFundsRequest {
+            account_id: "sampled".into(),
+            amount: 5,
+            command_id: String::new(),
+            expected_version: None,
+        };
+        let mut request = deposit.into_request();
+        let traceparent = format!("00-{trace}-{CLIENT_SPAN}-{flags}");
+        request.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
+        last = commands.deposit_funds(request).await.unwrap().into_inner().position;
+    }
+    let read_model = read_model::ReadStore::connect(&store.url(), 1).await.unwrap();
+    testkit::eventually(Duration::from_secs(10), "both deposits projected", || {
+        let read_model = read_model.clone();
+        async move { read_model.checkpoints().await.is_ok_and(|c| c.min() >= last) }
+    })
+    .await;
+    tokio::join!(stop(write), stop(projector));
+
+    // Then the sampled command's projections are traced, linked to its
+    // PRODUCER span, and nothing else is: no pair is half kept.
+    let spans = receiver.spans();
+    let producer = find(&spans, "write-service", "publish test.account.*", TRACE);
+    let projections: Vec<&Span> = spans.iter().map(|s| &s.span).filter(|s| s.name.starts_with("projection.")).collect();
+    assert_eq!(projections.len(), 2, "{:?}", projections.iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert!(projections.iter().all(|s| s.links.iter().any(|l| l.span_id == producer.span_id)));
+    assert!(!spans.iter().any(|s| hex(&s.span.trace_id) == QUERY_TRACE), "the unsampled trace was recorded");
 }
