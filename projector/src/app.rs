@@ -28,6 +28,7 @@ use async_nats::{
     jetstream::{
         self, AckKind,
         consumer::{AckPolicy, DeliverPolicy, ReplayPolicy, pull},
+        stream::DirectGetErrorKind,
     },
 };
 use futures::{FutureExt, StreamExt};
@@ -269,6 +270,7 @@ impl Projector {
     ) -> Result<(), ProjectorError> {
         let mut shutdown = pin!(shutdown.fuse());
         let mut backoff = Backoff::default();
+        let _staleness = AbortOnDrop(tokio::spawn(Arc::clone(&self).watch_staleness()));
         loop {
             // (Re)position: the read store's checkpoints are the truth.
             let consumer = tokio::select! {
@@ -350,6 +352,34 @@ impl Projector {
         }
     }
 
+    /// Every [`STALENESS_PERIOD`], measures how old the oldest unapplied
+    /// event is: the log's next account event after the lowest checkpoint.
+    /// Runs beside the consumer, so it keeps measuring while a batch is
+    /// stuck (read store down, a stalled consumer): that is when the lag of
+    /// applied events says nothing.
+    async fn watch_staleness(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(STALENESS_PERIOD);
+        loop {
+            tick.tick().await;
+            let applied = self.telemetry.applied();
+            if applied == 0 {
+                // No checkpoint read yet (or nothing applied): unknown.
+                continue;
+            }
+            let subject = self.names.all_accounts_subject();
+            match self.stream.direct_get_next_for_subject(subject, Some(applied + 1)).await {
+                Ok(next) => {
+                    let produced = std::time::SystemTime::from(next.time);
+                    self.telemetry.set_staleness(produced.elapsed().unwrap_or_default());
+                }
+                Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => {
+                    self.telemetry.set_staleness(Duration::ZERO);
+                }
+                Err(error) => tracing::debug!(%error, "cannot measure the staleness"),
+            }
+        }
+    }
+
     /// Recreates the durable consumer at the lowest checkpoint + 1 and
     /// opens its message stream.
     async fn position_consumer(&self, config: &Config) -> Result<pull::Stream, ProjectorError> {
@@ -406,6 +436,18 @@ fn dead_letter(message: &Delivered, reason: &str) -> DeadLetter {
         headers,
         payload: message.payload.to_vec(),
         dead_lettered_at_us: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000,
+    }
+}
+
+/// How often the staleness is measured (one direct get).
+const STALENESS_PERIOD: Duration = Duration::from_secs(1);
+
+/// Aborts a background task when its owner is done.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -92,6 +92,8 @@ pub struct ProjectionTelemetry {
     dead_letters: Counter<u64>,
     pending: Arc<AtomicU64>,
     checkpoints: Arc<[AtomicU64; 2]>,
+    /// Age in ms of the oldest event not yet applied; 0 when caught up.
+    staleness_ms: Arc<AtomicU64>,
     replay: Arc<[AtomicU64; 2]>,
 }
 
@@ -123,6 +125,21 @@ impl ProjectionTelemetry {
                 }
             })
             .build();
+        let staleness_ms = Arc::new(AtomicU64::new(0));
+        if traffic == Traffic::Live {
+            let observed = Arc::clone(&staleness_ms);
+            meter
+                .u64_observable_gauge("cqrs.projection.staleness")
+                .with_unit("ms")
+                .with_description(
+                    "Age of the oldest event the projections have not applied yet (0 when caught up): \
+                     grows while the projector is stalled, unlike the lag of applied events",
+                )
+                .with_callback(move |gauge| {
+                    gauge.observe(observed.load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
+                })
+                .build();
+        }
         let dead_letters = meter
             .u64_counter("cqrs.projection.dead_letters")
             .with_description("Events set aside because they cannot be applied")
@@ -175,6 +192,7 @@ impl ProjectionTelemetry {
             dead_letters,
             pending,
             checkpoints,
+            staleness_ms,
             replay,
         }
     }
@@ -191,6 +209,16 @@ impl ProjectionTelemetry {
     /// Records the consumer's pending count.
     pub fn set_pending(&self, pending: u64) {
         self.pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// The lowest checkpoint recorded so far (0 before the first).
+    pub fn applied(&self) -> u64 {
+        Projection::ALL.iter().map(|p| self.checkpoints[index(*p)].load(Ordering::Relaxed)).min().unwrap_or(0)
+    }
+
+    /// Records the age of the oldest unapplied event (0: caught up).
+    pub fn set_staleness(&self, staleness: std::time::Duration) {
+        self.staleness_ms.store(u64::try_from(staleness.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Records how far a rebuild is: `position` of `target`.

@@ -132,9 +132,14 @@ impl EventLog {
         settings: &StreamSettings,
         timeout: Duration,
     ) -> Result<Self, EventLogError> {
-        // The server's version is known once its INFO arrived.
-        if client.connection_state() != State::Connected {
-            return Err(EventLogError::Disconnected);
+        // The server's version is known once its INFO arrived (a client
+        // that retries its initial connect returns before that).
+        let connecting = tokio::time::Instant::now();
+        while client.connection_state() != State::Connected {
+            if connecting.elapsed() >= timeout {
+                return Err(EventLogError::Disconnected);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let version = client.server_info().version;
         if !supports_batched_direct_get(&version) {

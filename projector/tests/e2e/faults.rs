@@ -184,31 +184,6 @@ async fn a_stalled_read_store_leaves_the_backlog_in_the_log_not_in_memory() {
     assert_eq!(account.version, EVENTS + 1);
 }
 
-/// A writer lock on the read store, held by the test.
-struct StoreLock(sqlx::Transaction<'static, sqlx::Any>);
-
-impl StoreLock {
-    async fn take(store: &Store) -> Self {
-        sqlx::any::install_default_drivers();
-        let url = match store {
-            Store::Sqlite(_) => store.url(),
-            Store::Postgres(url) => url.clone(),
-        };
-        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
-        let mut tx = pool.begin().await.unwrap();
-        let take = match store {
-            Store::Sqlite(_) => "UPDATE projection_checkpoints SET position = position",
-            Store::Postgres(_) => "LOCK TABLE projection_checkpoints IN ACCESS EXCLUSIVE MODE",
-        };
-        sqlx::query(take).execute(&mut *tx).await.unwrap();
-        Self(tx)
-    }
-
-    async fn release(self) {
-        self.0.rollback().await.unwrap();
-    }
-}
-
 both_stores!(with_the_projector_down_reads_are_stale_and_min_position_is_unavailable);
 async fn with_the_projector_down_reads_are_stale_and_min_position_is_unavailable(store: Store) {
     let mut stack = Stack::start_with(store, &[], &["--max-consistency-wait", "500ms"]).await;

@@ -311,3 +311,28 @@ pub(crate) fn rss_mib(pid: u32) -> f64 {
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
     kib / 1024.0
 }
+
+/// A writer lock on the read store, held by the test.
+pub(crate) struct StoreLock(sqlx::Transaction<'static, sqlx::Any>);
+
+impl StoreLock {
+    pub(crate) async fn take(store: &Store) -> Self {
+        sqlx::any::install_default_drivers();
+        let url = match store {
+            Store::Sqlite(_) => store.url(),
+            Store::Postgres(url) => url.clone(),
+        };
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        let take = match store {
+            Store::Sqlite(_) => "UPDATE projection_checkpoints SET position = position",
+            Store::Postgres(_) => "LOCK TABLE projection_checkpoints IN ACCESS EXCLUSIVE MODE",
+        };
+        sqlx::query(take).execute(&mut *tx).await.unwrap();
+        Self(tx)
+    }
+
+    pub(crate) async fn release(self) {
+        self.0.rollback().await.unwrap();
+    }
+}

@@ -449,3 +449,66 @@ async fn a_projection_span_follows_the_sampling_decision_of_the_command_it_links
     assert!(projections.iter().all(|s| s.links.iter().any(|l| l.span_id == producer.span_id)));
     assert!(!spans.iter().any(|s| hex(&s.span.trace_id) == QUERY_TRACE), "the unsampled trace was recorded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_projector_reports_growing_staleness_until_it_catches_up() {
+    // Given the system, projecting, and exporting every 500 ms.
+    let receiver = OtlpReceiver::start().await;
+    let nats = NatsServer::start().await;
+    let store = Store::sqlite();
+    let env = vec![
+        ("NATS_URL", nats.url()),
+        ("READ_STORE_URL", store.url()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
+    ];
+    let [write_addr, projector_addr] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let write = spawn("write-service", write_addr, &env);
+    wait_for_health(write_addr, ServingStatus::Serving).await;
+    let projector = spawn("projector", projector_addr, &env);
+    wait_for_health(projector_addr, ServingStatus::Serving).await;
+    let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
+    let open = pb::OpenAccountRequest { account_id: "stalled".into(), owner: "Ada".into(), command_id: String::new() };
+    let opened = commands.open_account(open).await.unwrap().into_inner().position;
+    let read_model = read_model::ReadStore::connect(&store.url(), 1).await.unwrap();
+    let projected = |position: u64| {
+        let read_model = read_model.clone();
+        async move { read_model.checkpoints().await.is_ok_and(|c| c.min() >= position) }
+    };
+    testkit::eventually(Duration::from_secs(10), "the opening projected", || projected(opened)).await;
+    let staleness = || -> Vec<f64> {
+        let metrics = receiver.metrics();
+        metrics
+            .iter()
+            .filter(|m| m.metric.name == "cqrs.projection.staleness")
+            .flat_map(|m| numbers(m.metric.data.as_ref()))
+            .collect()
+    };
+
+    // When the read store stays locked by someone else while an event waits.
+    let lock = StoreLock::take(&store).await;
+    let deposit = pb::DepositFundsRequest {
+        account_id: "stalled".into(),
+        amount: 5,
+        command_id: String::new(),
+        expected_version: None,
+    };
+    let deposited = commands.deposit_funds(deposit).await.unwrap().into_inner().position;
+
+    // Then the staleness climbs past two seconds (the lag of applied events
+    // cannot: nothing is applied)...
+    testkit::eventually(Duration::from_secs(15), "staleness above 2 s", || {
+        let values = staleness();
+        async move { values.iter().any(|ms| *ms >= 2_000.0) }
+    })
+    .await;
+    // ...and falls back to 0 once the projector has caught up.
+    lock.release().await;
+    testkit::eventually(Duration::from_secs(15), "the deposit projected", || projected(deposited)).await;
+    testkit::eventually(Duration::from_secs(10), "staleness back to 0", || {
+        let last = staleness().last().copied();
+        async move { last == Some(0.0) }
+    })
+    .await;
+    tokio::join!(stop(write), stop(projector));
+}
