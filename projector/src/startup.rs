@@ -82,7 +82,7 @@ pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream:
         .await
         .map_err(ProjectorError::event_log)?
         .max_reconnects(None)
-        .connect(config.nats.url.expose())
+        .connect(config.nats.servers())
         .await
         .map_err(ProjectorError::event_log)?;
     let jetstream = jetstream::ContextBuilder::new().timeout(config.nats.request_timeout).build(client);

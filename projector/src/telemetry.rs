@@ -151,22 +151,20 @@ impl ProjectionTelemetry {
         }
         let replay: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         if traffic == Traffic::Replay {
-            let observed = Arc::clone(&replay);
-            meter
-                .u64_observable_gauge("cqrs.projection.replay.position")
-                .with_description("The last event-log position a rebuild has applied")
-                .with_callback(move |gauge| {
-                    gauge.observe(observed[0].load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
-                })
-                .build();
-            let observed = Arc::clone(&replay);
-            meter
-                .u64_observable_gauge("cqrs.projection.replay.target")
-                .with_description("The event-log position a rebuild replays up to")
-                .with_callback(move |gauge| {
-                    gauge.observe(observed[1].load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
-                })
-                .build();
+            let gauges = [
+                ("cqrs.projection.replay.position", "The last event-log position a rebuild has applied"),
+                ("cqrs.projection.replay.target", "The event-log position a rebuild replays up to"),
+            ];
+            for (slot, (name, description)) in gauges.into_iter().enumerate() {
+                let observed = Arc::clone(&replay);
+                meter
+                    .u64_observable_gauge(name)
+                    .with_description(description)
+                    .with_callback(move |gauge| {
+                        gauge.observe(observed[slot].load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
+                    })
+                    .build();
+            }
         }
         Self {
             traffic,

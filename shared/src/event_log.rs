@@ -53,6 +53,12 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
+    /// The URLs of `--nats-url`, one per server: async-nats reads a string
+    /// as one URL, so a comma-separated list must be split first.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.expose().split(',').map(str::trim).filter(|url| !url.is_empty()).collect()
+    }
+
     /// Connect options carrying this configuration's authentication and
     /// TLS, for the client named `name` (shown by the server's monitoring).
     pub async fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions, std::io::Error> {
@@ -192,4 +198,23 @@ pub mod headers {
     pub const CONTENT_TYPE: &str = "content-type";
     /// The payload's media type.
     pub const CONTENT_TYPE_PROTOBUF: &str = "application/protobuf";
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        nats: NatsArgs,
+    }
+
+    #[test]
+    fn a_comma_separated_nats_url_is_one_server_each() {
+        let cli = Cli::parse_from(["test", "--nats-url", "nats://a:4222, nats://b:4222,,tls://c:4222"]);
+        assert_eq!(cli.nats.servers(), ["nats://a:4222", "nats://b:4222", "tls://c:4222"]);
+    }
 }

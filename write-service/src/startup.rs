@@ -122,7 +122,7 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
             }
         }
     });
-    let client = match options.connect(config.nats.url.expose()).await {
+    let client = match options.connect(config.nats.servers()).await {
         Ok(client) => client,
         Err(error) => {
             let url = shared::secrets::redact_url(config.nats.url.expose());

@@ -320,6 +320,55 @@ async fn a_call_the_client_cancels_is_counted_with_its_status_and_its_spans_end(
     assert!(durations.contains("CANCELLED"), "cqrs.query.duration: {durations:?}");
 }
 
+/// write-service and projector, exporting to `receiver` (spans every
+/// 100 ms, metrics every 500 ms), on a fresh NATS and SQLite store; `extra`
+/// on top of their environment.
+struct Exporting {
+    nats: NatsServer,
+    store: Store,
+    write: Child,
+    projector: Child,
+    commands: pb::account_command_service_client::AccountCommandServiceClient<tonic::transport::Channel>,
+}
+
+impl Exporting {
+    async fn start(receiver: &OtlpReceiver, extra: &[(&'static str, &str)]) -> Self {
+        let nats = NatsServer::start().await;
+        let store = Store::sqlite();
+        let mut env = vec![
+            ("NATS_URL", nats.url()),
+            ("READ_STORE_URL", store.url()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ];
+        env.extend(extra.iter().map(|(name, value)| (*name, (*value).to_owned())));
+        let [write_addr, projector_addr] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let write = spawn("write-service", write_addr, &env);
+        wait_for_health(write_addr, ServingStatus::Serving).await;
+        let projector = spawn("projector", projector_addr, &env);
+        wait_for_health(projector_addr, ServingStatus::Serving).await;
+        let commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
+        Self { nats, store, write, projector, commands }
+    }
+
+    /// Waits until both projections have applied `position`.
+    async fn projected(&self, position: u64) {
+        let read_model = read_model::ReadStore::connect(&self.store.url(), 1).await.unwrap();
+        testkit::eventually(Duration::from_secs(15), &format!("position {position} projected"), || {
+            let read_model = read_model.clone();
+            async move { read_model.checkpoints().await.is_ok_and(|c| c.min() >= position) }
+        })
+        .await;
+    }
+
+    /// SIGTERM to both: they flush their telemetry on the way out.
+    async fn stop(self) {
+        tokio::join!(stop(self.write), stop(self.projector));
+        drop(self.nats);
+    }
+}
+
 /// The string values attribute `key` takes in a metric's data points.
 fn data_point_values(data: Option<&Data>, key: &str) -> Vec<String> {
     let value = |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| string_attribute(attributes, key);
@@ -399,26 +448,12 @@ async fn a_projection_span_follows_the_sampling_decision_of_the_command_it_links
     // Given services that start no trace of their own (ratio 0): only calls
     // in a client's sampled trace are traced.
     let receiver = OtlpReceiver::start().await;
-    let nats = NatsServer::start().await;
-    let store = Store::sqlite();
-    let env = vec![
-        ("NATS_URL", nats.url()),
-        ("READ_STORE_URL", store.url()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
-        ("OTEL_TRACES_SAMPLER_ARG", "0".to_owned()),
-    ];
-    let [write_addr, projector_addr] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let write = spawn("write-service", write_addr, &env);
-    wait_for_health(write_addr, ServingStatus::Serving).await;
-    let projector = spawn("projector", projector_addr, &env);
-    wait_for_health(projector_addr, ServingStatus::Serving).await;
+    let sampler = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0")];
+    let mut system = Exporting::start(&receiver, &sampler).await;
 
     // When one deposit comes in a sampled trace and one in an unsampled one.
-    let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
     let open = pb::OpenAccountRequest { account_id: "sampled".into(), owner: "Ada".into(), command_id: String::new() };
-    commands.open_account(open).await.unwrap();
+    system.commands.open_account(open).await.unwrap();
     let mut last = 0;
     for (trace, flags) in [(TRACE, "01"), (QUERY_TRACE, "00")] {
         let deposit = pb::DepositFundsRequest {
@@ -430,15 +465,10 @@ async fn a_projection_span_follows_the_sampling_decision_of_the_command_it_links
         let mut request = deposit.into_request();
         let traceparent = format!("00-{trace}-{CLIENT_SPAN}-{flags}");
         request.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
-        last = commands.deposit_funds(request).await.unwrap().into_inner().position;
+        last = system.commands.deposit_funds(request).await.unwrap().into_inner().position;
     }
-    let read_model = read_model::ReadStore::connect(&store.url(), 1).await.unwrap();
-    testkit::eventually(Duration::from_secs(10), "both deposits projected", || {
-        let read_model = read_model.clone();
-        async move { read_model.checkpoints().await.is_ok_and(|c| c.min() >= last) }
-    })
-    .await;
-    tokio::join!(stop(write), stop(projector));
+    system.projected(last).await;
+    system.stop().await;
 
     // Then the sampled command's projections are traced, linked to its
     // PRODUCER span, and nothing else is: no pair is half kept.
@@ -452,48 +482,27 @@ async fn a_projection_span_follows_the_sampling_decision_of_the_command_it_links
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_projector_reports_growing_staleness_until_it_catches_up() {
-    // Given the system, projecting, and exporting every 500 ms.
+    // Given the system, projecting.
     let receiver = OtlpReceiver::start().await;
-    let nats = NatsServer::start().await;
-    let store = Store::sqlite();
-    let env = vec![
-        ("NATS_URL", nats.url()),
-        ("READ_STORE_URL", store.url()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
-    ];
-    let [write_addr, projector_addr] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let write = spawn("write-service", write_addr, &env);
-    wait_for_health(write_addr, ServingStatus::Serving).await;
-    let projector = spawn("projector", projector_addr, &env);
-    wait_for_health(projector_addr, ServingStatus::Serving).await;
-    let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
+    let mut system = Exporting::start(&receiver, &[]).await;
     let open = pb::OpenAccountRequest { account_id: "stalled".into(), owner: "Ada".into(), command_id: String::new() };
-    let opened = commands.open_account(open).await.unwrap().into_inner().position;
-    let read_model = read_model::ReadStore::connect(&store.url(), 1).await.unwrap();
-    let projected = |position: u64| {
-        let read_model = read_model.clone();
-        async move { read_model.checkpoints().await.is_ok_and(|c| c.min() >= position) }
-    };
-    testkit::eventually(Duration::from_secs(10), "the opening projected", || projected(opened)).await;
+    let opened = system.commands.open_account(open).await.unwrap().into_inner().position;
+    system.projected(opened).await;
     let staleness = || -> Vec<f64> {
         let metrics = receiver.metrics();
-        metrics
-            .iter()
-            .filter(|m| m.metric.name == "cqrs.projection.staleness")
-            .flat_map(|m| numbers(m.metric.data.as_ref()))
-            .collect()
+        let exported = metrics.iter().filter(|m| m.metric.name == "cqrs.projection.staleness");
+        exported.flat_map(|m| numbers(m.metric.data.as_ref())).collect()
     };
 
     // When the read store stays locked by someone else while an event waits.
-    let lock = StoreLock::take(&store).await;
+    let lock = StoreLock::take(&system.store).await;
     let deposit = pb::DepositFundsRequest {
         account_id: "stalled".into(),
         amount: 5,
         command_id: String::new(),
         expected_version: None,
     };
-    let deposited = commands.deposit_funds(deposit).await.unwrap().into_inner().position;
+    let deposited = system.commands.deposit_funds(deposit).await.unwrap().into_inner().position;
 
     // Then the staleness climbs past two seconds (the lag of applied events
     // cannot: nothing is applied)...
@@ -504,11 +513,11 @@ async fn a_stalled_projector_reports_growing_staleness_until_it_catches_up() {
     .await;
     // ...and falls back to 0 once the projector has caught up.
     lock.release().await;
-    testkit::eventually(Duration::from_secs(15), "the deposit projected", || projected(deposited)).await;
+    system.projected(deposited).await;
     testkit::eventually(Duration::from_secs(10), "staleness back to 0", || {
         let last = staleness().last().copied();
         async move { last == Some(0.0) }
     })
     .await;
-    tokio::join!(stop(write), stop(projector));
+    system.stop().await;
 }

@@ -23,6 +23,15 @@ async fn not_serving_until_nats_is_up_then_serving() {
 }
 
 #[tokio::test]
+async fn a_list_of_nats_urls_reaches_the_server_that_answers() {
+    // A cluster's URLs, comma-separated, the first of them down.
+    let nats = NatsServer::start().await;
+    let urls = format!("nats://127.0.0.1:{},{}", free_port(), nats.url());
+    let app = TestApp::spawn(&urls).await;
+    assert_eq!(app.client.clone().open_account(open("listed")).await.unwrap().into_inner().version, 1);
+}
+
+#[tokio::test]
 async fn losing_nats_means_unavailable_and_not_serving_until_it_is_back() {
     let mut nats = NatsServer::start().await;
     let app = TestApp::spawn(&nats.url()).await;
