@@ -295,13 +295,6 @@ impl ReadStore {
         select_accounts(&mut connection, self.backend, account_ids).await
     }
 
-    /// One account, if the read model has it.
-    pub async fn account(&self, account_id: &str) -> Result<Option<AccountRow>, StoreError> {
-        const SQL: &str = concat!("SELECT ", account_columns!(), " FROM account_summary WHERE account_id = $1");
-        let row = sqlx::query(SQL).bind(account_id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(account_row).transpose()
-    }
-
     /// Up to `limit` accounts with ids after `after`, ordered by id,
     /// optionally only those of `owner`.
     pub async fn accounts(
