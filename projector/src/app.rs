@@ -361,11 +361,8 @@ impl Projector {
         let mut tick = tokio::time::interval(STALENESS_PERIOD);
         loop {
             tick.tick().await;
-            let applied = self.telemetry.applied();
-            if applied == 0 {
-                // No checkpoint read yet (or nothing applied): unknown.
-                continue;
-            }
+            // Unknown until the checkpoints were read.
+            let Some(applied) = self.telemetry.applied() else { continue };
             let subject = self.names.all_accounts_subject();
             match self.stream.direct_get_next_for_subject(subject, Some(applied + 1)).await {
                 Ok(next) => {

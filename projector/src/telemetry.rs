@@ -16,13 +16,13 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::SystemTime,
 };
 
 use opentelemetry::{
-    KeyValue, global,
+    KeyValue, StringValue, global,
     metrics::{Counter, Histogram},
     trace::{Link, Span, SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
 };
@@ -92,6 +92,8 @@ pub struct ProjectionTelemetry {
     dead_letters: Counter<u64>,
     pending: Arc<AtomicU64>,
     checkpoints: Arc<[AtomicU64; 2]>,
+    /// Whether `checkpoints` were read from the store (0 is a checkpoint).
+    checkpoints_known: Arc<AtomicBool>,
     /// Age in ms of the oldest event not yet applied; 0 when caught up.
     staleness_ms: Arc<AtomicU64>,
     replay: Arc<[AtomicU64; 2]>,
@@ -169,8 +171,12 @@ impl ProjectionTelemetry {
         Self {
             traffic,
             consumer: Arc::from(vec![
-                KeyValue::new(semconv::MESSAGING_CONSUMER_GROUP_NAME, consumer.to_owned()),
-                KeyValue::new(semconv::MESSAGING_DESTINATION_TEMPLATE, destination_template),
+                // Arc-backed: cloned onto every span without allocating.
+                KeyValue::new(semconv::MESSAGING_CONSUMER_GROUP_NAME, StringValue::from(Arc::<str>::from(consumer))),
+                KeyValue::new(
+                    semconv::MESSAGING_DESTINATION_TEMPLATE,
+                    StringValue::from(Arc::<str>::from(destination_template)),
+                ),
             ]),
             replayed: meter
                 .u64_counter("cqrs.projection.replayed")
@@ -190,6 +196,7 @@ impl ProjectionTelemetry {
             dead_letters,
             pending,
             checkpoints,
+            checkpoints_known: Arc::new(AtomicBool::new(false)),
             staleness_ms,
             replay,
         }
@@ -209,9 +216,12 @@ impl ProjectionTelemetry {
         self.pending.store(pending, Ordering::Relaxed);
     }
 
-    /// The lowest checkpoint recorded so far (0 before the first).
-    pub fn applied(&self) -> u64 {
-        Projection::ALL.iter().map(|p| self.checkpoints[index(*p)].load(Ordering::Relaxed)).min().unwrap_or(0)
+    /// The lowest checkpoint, once the checkpoints were read.
+    pub fn applied(&self) -> Option<u64> {
+        if !self.checkpoints_known.load(Ordering::Relaxed) {
+            return None;
+        }
+        Projection::ALL.iter().map(|p| self.checkpoints[index(*p)].load(Ordering::Relaxed)).min()
     }
 
     /// Records the age of the oldest unapplied event (0: caught up).
@@ -230,6 +240,7 @@ impl ProjectionTelemetry {
         for projection in Projection::ALL {
             self.checkpoints[index(projection)].store(checkpoints.get(projection), Ordering::Relaxed);
         }
+        self.checkpoints_known.store(true, Ordering::Relaxed);
     }
 
     /// Records one event's spans and metrics once its batch committed:
