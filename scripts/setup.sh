@@ -2,8 +2,10 @@
 # Installs what a fresh Debian machine lacks.
 #   scripts/setup.sh run    what running the system needs: the pinned
 #                           nats-server (scripts/nats-server) and grpcurl
-#   scripts/setup.sh test   (default) also what the tests need: promtool
-#                           (Debian's prometheus), cargo-fuzz, the offline
+#   scripts/setup.sh test   (default) also what the tests need: Prometheus
+#                           and promtool (Debian's prometheus), Debian's
+#                           prometheus-alertmanager (the operations
+#                           rehearsal), cargo-fuzz, the offline
 #                           validators of deploy/ in their own virtualenv
 #                           ($DEPLOY_TOOLS), and a started local PostgreSQL
 # The Rust toolchain itself is assumed (rustup; a nightly one gives the
@@ -59,9 +61,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install -q --locked cargo-fuzz@0.13.2
 fi
-if ! command -v promtool >/dev/null; then
-  echo "setup: installing promtool (prometheus)"
-  apt_install --no-install-recommends prometheus
+if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+  echo "setup: installing prometheus (and promtool) and prometheus-alertmanager"
+  apt_install --no-install-recommends prometheus prometheus-alertmanager
 fi
 # Pinned, so that a new release of a validator cannot turn CI red (or
 # green) by itself; bump them deliberately.

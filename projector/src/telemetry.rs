@@ -132,10 +132,9 @@ impl ProjectionTelemetry {
             let observed = Arc::clone(&staleness_ms);
             meter
                 .u64_observable_gauge("cqrs.projection.staleness")
-                .with_unit("ms")
                 .with_description(
-                    "Age of the oldest event the projections have not applied yet (0 when caught up): \
-                     grows while the projector is stalled, unlike the lag of applied events",
+                    "Age of the oldest event the projections have not applied yet, in milliseconds (0 when \
+                     caught up): grows while the projector is stalled, unlike the lag of applied events",
                 )
                 .with_callback(move |gauge| {
                     gauge.observe(observed.load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
@@ -185,8 +184,7 @@ impl ProjectionTelemetry {
             tracer: Arc::new(global::tracer("projector")),
             lag: meter
                 .f64_histogram("cqrs.projection.lag")
-                .with_unit("ms")
-                .with_description("Time from an event's production to its projection becoming visible")
+                .with_description("Time from an event's production to its projection becoming visible, in milliseconds")
                 .with_boundaries(LAG_BOUNDARIES.to_vec())
                 .build(),
             events: meter

@@ -64,11 +64,10 @@ impl Default for QueryTelemetry {
             tracer: global::tracer("read-service"),
             duration: meter
                 .f64_histogram("cqrs.query.duration")
-                .with_unit("ms")
-                .with_description("Time to answer a query, consistency wait included")
+                .with_description("Time to answer a query, consistency wait included, in milliseconds")
                 .with_boundaries(MILLISECONDS_BOUNDARIES.to_vec())
                 .build(),
-            total: meter.u64_counter("cqrs.query.total").with_description("Queries answered").build(),
+            total: meter.u64_counter("cqrs.query").with_description("Queries answered").build(),
             result_size: meter
                 .u64_histogram("cqrs.query.result_size")
                 .with_description("Rows a query returned")
@@ -76,8 +75,9 @@ impl Default for QueryTelemetry {
                 .build(),
             consistency_wait: meter
                 .f64_histogram("cqrs.query.consistency_wait")
-                .with_unit("ms")
-                .with_description("Time queries with min_position waited for the read model (read-your-writes)")
+                .with_description(
+                    "Time queries with min_position waited for the read model (read-your-writes), in milliseconds",
+                )
                 .with_boundaries(MILLISECONDS_BOUNDARIES.to_vec())
                 .build(),
         }

@@ -6,7 +6,10 @@
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER`,
 //! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_BSP_*`, `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, ...), plus `OTEL_SDK_DISABLED=true` to switch
-//! traces and metrics off. Logs are filtered with `RUST_LOG`. One addition
+//! traces and metrics off, and `OTEL_METRICS_EXPORTER` = `otlp` (push, the
+//! default) | `prometheus` (a scrape endpoint on
+//! `OTEL_EXPORTER_PROMETHEUS_HOST`:`OTEL_EXPORTER_PROMETHEUS_PORT`,
+//! default `localhost:9464`, what `deploy/` uses) | `none`. Logs are filtered with `RUST_LOG`. One addition
 //! to the standard samplers: a root span linked to another trace follows
 //! that trace's sampling decision ([`FollowLinkedTrace`]).
 
@@ -38,6 +41,15 @@ pub enum TelemetryError {
     /// `RUST_LOG` is malformed, or a global subscriber was already set.
     #[error("cannot install the log subscriber: {0}")]
     Logs(String),
+    /// An `OTEL_*` variable has a value this build does not support.
+    #[error("{variable}={value:?}: {expected}")]
+    Setting { variable: &'static str, value: String, expected: &'static str },
+    /// The Prometheus endpoint's address cannot be listened on.
+    #[error("cannot serve Prometheus metrics on {address}: {source}")]
+    MetricsEndpoint { address: String, source: std::io::Error },
+    /// The Prometheus exporter could not be registered.
+    #[error("cannot build the Prometheus exporter: {0}")]
+    Prometheus(#[from] opentelemetry_sdk::error::OTelSdkError),
 }
 
 /// Keeps the trace and metric pipelines alive; flushes them when dropped.
@@ -77,13 +89,80 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
         .build();
     global::set_tracer_provider(tracer_provider.clone());
 
-    let metric_exporter =
-        opentelemetry_otlp::MetricExporter::builder().with_tonic().with_retry_policy(retries).build()?;
-    let meter_provider =
-        SdkMeterProvider::builder().with_periodic_exporter(metric_exporter).with_resource(resource).build();
-    global::set_meter_provider(meter_provider.clone());
+    let meter_provider = match metrics_exporter()? {
+        MetricsExporter::Otlp => {
+            let exporter =
+                opentelemetry_otlp::MetricExporter::builder().with_tonic().with_retry_policy(retries).build()?;
+            Some(SdkMeterProvider::builder().with_periodic_exporter(exporter).with_resource(resource).build())
+        }
+        MetricsExporter::Prometheus { host, port } => Some(prometheus_endpoint(&host, port, resource)?),
+        MetricsExporter::None => None,
+    };
+    if let Some(provider) = &meter_provider {
+        global::set_meter_provider(provider.clone());
+    }
 
-    Ok(TelemetryGuard { tracer_provider: Some(tracer_provider), meter_provider: Some(meter_provider) })
+    Ok(TelemetryGuard { tracer_provider: Some(tracer_provider), meter_provider })
+}
+
+/// Where metrics go: `OTEL_METRICS_EXPORTER` (the SDK specification's
+/// variable; one exporter at a time here).
+enum MetricsExporter {
+    Otlp,
+    Prometheus { host: String, port: u16 },
+    None,
+}
+
+fn metrics_exporter() -> Result<MetricsExporter, TelemetryError> {
+    let setting = |variable: &'static str, default: &str| {
+        std::env::var(variable).map(|v| v.trim().to_owned()).ok().filter(|v| !v.is_empty()).unwrap_or(default.into())
+    };
+    match setting("OTEL_METRICS_EXPORTER", "otlp").as_str() {
+        "otlp" => Ok(MetricsExporter::Otlp),
+        "none" => Ok(MetricsExporter::None),
+        "prometheus" => {
+            let port = setting("OTEL_EXPORTER_PROMETHEUS_PORT", "9464");
+            Ok(MetricsExporter::Prometheus {
+                host: setting("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost"),
+                port: port.parse().map_err(|_| TelemetryError::Setting {
+                    variable: "OTEL_EXPORTER_PROMETHEUS_PORT",
+                    value: port,
+                    expected: "a TCP port number",
+                })?,
+            })
+        }
+        other => Err(TelemetryError::Setting {
+            variable: "OTEL_METRICS_EXPORTER",
+            value: other.to_owned(),
+            expected: "one of otlp, prometheus, none",
+        }),
+    }
+}
+
+/// A meter provider read by a Prometheus scrape of `http://host:port/metrics`.
+///
+/// Names are the exporter's defaults (dots become `_`, a declared unit is
+/// appended, counters end in `_total`): the same as the OpenTelemetry
+/// Collector's and Prometheus' own OTLP translation make of the same
+/// metrics, so dashboards and rules work whichever way metrics travel.
+fn prometheus_endpoint(host: &str, port: u16, resource: Resource) -> Result<SdkMeterProvider, TelemetryError> {
+    let address = format!("{host}:{port}");
+    let endpoint_error = |source| TelemetryError::MetricsEndpoint { address: address.clone(), source };
+    let listener = std::net::TcpListener::bind(&address).map_err(endpoint_error)?;
+    listener.set_nonblocking(true).map_err(endpoint_error)?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| endpoint_error(std::io::Error::other(format!("no async runtime to serve it on: {e}"))))?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(endpoint_error)?
+    };
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!("metrics: Prometheus endpoint on http://{bound}/metrics");
+    }
+    let registry = prometheus::Registry::new();
+    let reader = opentelemetry_prometheus::exporter().with_registry(registry.clone()).build()?;
+    runtime.spawn(crate::metrics_endpoint::serve(listener, registry));
+    Ok(SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build())
 }
 
 /// The sampler of `OTEL_TRACES_SAMPLER`, except for a root span that links

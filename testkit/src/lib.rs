@@ -14,6 +14,7 @@
 pub mod event_log;
 pub mod otlp;
 pub mod postgres;
+pub mod prometheus;
 pub mod tls;
 
 use std::{

@@ -63,11 +63,10 @@ impl Default for CommandTelemetry {
             tracer: global::tracer("write-service"),
             duration: meter
                 .f64_histogram("cqrs.command.duration")
-                .with_unit("ms")
-                .with_description("Time to decide a command and append its event")
+                .with_description("Time to decide a command and append its event, in milliseconds")
                 .with_boundaries(MILLISECONDS_BOUNDARIES.to_vec())
                 .build(),
-            total: meter.u64_counter("cqrs.command.total").with_description("Commands handled").build(),
+            total: meter.u64_counter("cqrs.command").with_description("Commands handled").build(),
             produced: meter
                 .u64_counter("cqrs.events.produced")
                 .with_description("Domain events appended to the event log")

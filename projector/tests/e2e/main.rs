@@ -12,6 +12,7 @@ mod poison;
 mod promql;
 mod queries;
 mod rebuild;
+mod rehearsal;
 mod run_local;
 mod security;
 mod soak;
