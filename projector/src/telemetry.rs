@@ -11,7 +11,10 @@
 //! top bucket and page on-call, and every replayed event would start a
 //! trace. So replayed events make no span and no lag; they are counted in
 //! `cqrs.projection.replayed`, with the replay's position and target as
-//! gauges (progress, rate and ETA on the projection dashboard).
+//! gauges (progress, rate and ETA on the projection dashboard). The live
+//! projector re-applies history too while a rebuild runs (both race
+//! through the same checkpoints after the reset); what it applies at or
+//! below the highest checkpoint it had seen is replay as well.
 
 use std::{
     sync::{
@@ -94,6 +97,12 @@ pub struct ProjectionTelemetry {
     checkpoints: Arc<[AtomicU64; 2]>,
     /// Whether `checkpoints` were read from the store (0 is a checkpoint).
     checkpoints_known: Arc<AtomicBool>,
+    /// Per projection, the highest checkpoint this process has seen, and
+    /// that high-water mark as it was before the last commit: an event at
+    /// or below it was applied before, and is applied again only because a
+    /// rebuild reset the projection (the live projector races the rebuild
+    /// through the same checkpoints). That is replay, not live lag.
+    high_water: Arc<[[AtomicU64; 2]; 2]>,
     /// Age in ms of the oldest event not yet applied; 0 when caught up.
     staleness_ms: Arc<AtomicU64>,
     replay: Arc<[AtomicU64; 2]>,
@@ -195,6 +204,7 @@ impl ProjectionTelemetry {
             pending,
             checkpoints,
             checkpoints_known: Arc::new(AtomicBool::new(false)),
+            high_water: Arc::new(Default::default()),
             staleness_ms,
             replay,
         }
@@ -233,10 +243,14 @@ impl ProjectionTelemetry {
         self.replay[1].store(target, Ordering::Relaxed);
     }
 
-    /// Records the checkpoints after a commit.
+    /// Records the checkpoints after a commit (or as read from the store).
     pub fn set_checkpoints(&self, checkpoints: Checkpoints) {
         for projection in Projection::ALL {
-            self.checkpoints[index(projection)].store(checkpoints.get(projection), Ordering::Relaxed);
+            let i = index(projection);
+            self.checkpoints[i].store(checkpoints.get(projection), Ordering::Relaxed);
+            let [highest, before] = &self.high_water[i];
+            before.store(highest.load(Ordering::Relaxed), Ordering::Relaxed);
+            highest.fetch_max(checkpoints.get(projection), Ordering::Relaxed);
         }
         self.checkpoints_known.store(true, Ordering::Relaxed);
     }
@@ -245,13 +259,17 @@ impl ProjectionTelemetry {
     /// `started` is when the batch began, the spans end now (when the
     /// effects became visible).
     pub fn record(&self, handled: &Handled, started: SystemTime) {
-        if self.traffic == Traffic::Replay {
-            for (projection, outcome) in &handled.outcomes {
-                if *outcome != Outcome::DuplicateSkipped {
-                    self.replayed
-                        .add(1, &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("projection.name", projection.name())]);
-                }
+        let replayed = |projection: Projection| {
+            self.traffic == Traffic::Replay
+                || handled.position <= self.high_water[index(projection)][1].load(Ordering::Relaxed)
+        };
+        for (projection, outcome) in &handled.outcomes {
+            if replayed(*projection) && *outcome != Outcome::DuplicateSkipped {
+                self.replayed
+                    .add(1, &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("projection.name", projection.name())]);
             }
+        }
+        if handled.outcomes.iter().all(|(projection, _)| replayed(*projection)) {
             return;
         }
         let now = SystemTime::now();
@@ -260,7 +278,7 @@ impl ProjectionTelemetry {
         let event_type = handled.event_type.clone().unwrap_or_else(|| "unknown".into());
         let producer = handled.producer.span().span_context().clone();
         let mut dead_lettered = false;
-        for (projection, outcome) in &handled.outcomes {
+        for (projection, outcome) in handled.outcomes.iter().filter(|(projection, _)| !replayed(*projection)) {
             let mut attributes = vec![
                 KeyValue::new(CQRS_SIDE, SIDE),
                 KeyValue::new("cqrs.projection.name", projection.name()),

@@ -29,6 +29,24 @@ fn binary(variable: &str, name: &str) -> PathBuf {
     binary
 }
 
+/// Starts `command` (Prometheus or Alertmanager, which share these flags)
+/// listening on `addr`, and waits until it reports ready.
+async fn start_ready(mut command: Command, addr: SocketAddr) -> Child {
+    let child = command
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", command.as_std().get_program()));
+    eventually(Duration::from_secs(30), &format!("{:?} to be ready", command.as_std().get_program()), || async move {
+        get(addr, "/-/ready").await.is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    child
+}
+
 /// A Prometheus server; killed when dropped.
 pub struct Prometheus {
     _child: Child,
@@ -44,21 +62,11 @@ impl Prometheus {
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).expect("write prometheus.yml");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(binary("PROMETHEUS_BIN", "prometheus"))
+        let mut command = Command::new(binary("PROMETHEUS_BIN", "prometheus"));
+        command
             .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start prometheus");
-        eventually(Duration::from_secs(30), "Prometheus to be ready", || async move {
-            get(addr, "/-/ready").await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
-        Self { _child: child, addr, _dir: dir }
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()));
+        Self { _child: start_ready(command, addr).await, addr, _dir: dir }
     }
 
     /// `http://127.0.0.1:<port>`, for a browser.
@@ -123,23 +131,13 @@ impl Alertmanager {
         );
         std::fs::write(&config_file, config).expect("write alertmanager.yml");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(binary("ALERTMANAGER_BIN", "prometheus-alertmanager"))
+        let mut command = Command::new(binary("ALERTMANAGER_BIN", "prometheus-alertmanager"));
+        command
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!("--storage.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
             // No gossip: a lone instance, and no fixed port 9094 to collide on.
-            .arg("--cluster.listen-address=")
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start prometheus-alertmanager");
-        eventually(Duration::from_secs(30), "Alertmanager to be ready", || async move {
-            get(addr, "/-/ready").await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
-        Self { _child: child, addr, _dir: dir }
+            .arg("--cluster.listen-address=");
+        Self { _child: start_ready(command, addr).await, addr, _dir: dir }
     }
 
     /// `host:port`, for Prometheus's `alerting` section.

@@ -58,11 +58,17 @@ fn history_events() -> u64 {
 struct Timeline {
     start: Instant,
     rows: Vec<String>,
+    /// When each scenario began (seconds since the start), for the charts.
+    marks: Vec<(f64, &'static str)>,
 }
 
 impl Timeline {
     fn new() -> Self {
-        Self { start: Instant::now(), rows: Vec::new() }
+        Self { start: Instant::now(), rows: Vec::new(), marks: Vec::new() }
+    }
+
+    fn begin(&mut self, scenario: &'static str) {
+        self.marks.push((self.start.elapsed().as_secs_f64(), scenario));
     }
 
     fn note(&mut self, scenario: &str, what: String) {
@@ -248,6 +254,7 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     assert!(tokio::time::timeout(Duration::from_millis(300), queries.get_account(waiting)).await.is_err());
 
     // --- Steady state: every dashboard query and the blog's three have data.
+    timeline.begin("steady");
     let steady = Instant::now();
     testkit::eventually(Duration::from_secs(60), "a minute's worth of rate() over steady load", || async {
         prometheus.scalar("sum(rate(cqrs_command_total[1m]))").await.is_some_and(|rate| rate > 0.0)
@@ -281,9 +288,9 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
             steady.elapsed().as_secs_f64()
         ),
     );
-    screenshot(&prometheus, screenshots.as_deref(), "steady").await;
 
     // --- A rebuild of the whole history while writes continue.
+    timeline.begin("rebuild");
     let rebuild_started = Instant::now();
     let mut rebuild_env = env.clone();
     rebuild_env.push(("OTEL_EXPORTER_PROMETHEUS_PORT", rebuild_metrics.to_string()));
@@ -319,9 +326,9 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
             rebuild_took.as_secs_f64()
         ),
     );
-    screenshot(&prometheus, screenshots.as_deref(), "rebuild").await;
 
     // --- A dead letter: an event the projector cannot apply.
+    timeline.begin("dead letter");
     let since = Instant::now();
     let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let mut headers = HeaderMap::new();
@@ -345,12 +352,14 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
 
     // --- The projector stalls (its read store locked by someone else) and,
     // meanwhile, the read side goes down.
+    timeline.begin("stalled + read down");
     let since = Instant::now();
     let lock = StoreLock::take(&store).await;
     read.kill().await;
     let fired = webhook.wait_for("CqrsReadSideDown", "firing", since, Duration::from_secs(120)).await;
     timeline
         .note("read-service killed", format!("CqrsReadSideDown fired after {:.1} s", (fired - since).as_secs_f64()));
+    timeline.begin("read back");
     let back = Instant::now();
     read.start(&env).await;
     let resolved = webhook.wait_for("CqrsReadSideDown", "resolved", back, Duration::from_secs(60)).await;
@@ -361,7 +370,11 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     let fired = webhook.wait_for("CqrsProjectionStalled", "firing", since, Duration::from_secs(300)).await;
     timeline
         .note("projector stalled", format!("CqrsProjectionStalled fired after {:.1} s", (fired - since).as_secs_f64()));
-    screenshot(&prometheus, screenshots.as_deref(), "stalled").await;
+    if let Some(dir) = &screenshots {
+        // Prometheus's own page of alerts, while this one fires.
+        chromium_screenshot(&format!("{}/alerts", prometheus.url()), &dir.join("alerts-stalled.png"), 900).await;
+    }
+    timeline.begin("unstalled");
     let released = Instant::now();
     lock.release().await;
     let resolved = webhook.wait_for("CqrsProjectionStalled", "resolved", released, Duration::from_secs(60)).await;
@@ -378,6 +391,7 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     );
 
     // --- The projector and the write-service killed.
+    timeline.begin("projector+write down");
     let since = Instant::now();
     projector.kill().await;
     write.kill().await;
@@ -385,7 +399,7 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
         let fired = webhook.wait_for(alert, "firing", since, Duration::from_secs(120)).await;
         timeline.note("projector+write killed", format!("{alert} fired after {:.1} s", (fired - since).as_secs_f64()));
     }
-    screenshot(&prometheus, screenshots.as_deref(), "down").await;
+    timeline.begin("back");
     let back = Instant::now();
     write.start(&env).await;
     projector.start(&env).await;
@@ -409,6 +423,9 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
         webhook.received().into_iter().map(|n| n.alertname).filter(|name| !expected.contains(&name.as_str())).collect();
     assert!(unexpected.is_empty(), "alerts no scenario caused: {unexpected:?}");
     eprintln!("rehearsal timeline:\n{}", timeline.rows.join("\n"));
+    if let Some(dir) = &screenshots {
+        charts(&prometheus, dir, &timeline).await;
+    }
     stop(read.child.take().unwrap()).await;
 }
 
@@ -424,59 +441,161 @@ async fn max_over(prometheus: &Prometheus, promql: &str, window: Duration) -> f6
         .fold(0.0, f64::max)
 }
 
-/// Saves Prometheus's graphs of each side as PNGs in `dir` (when given),
-/// through headless Chromium.
-async fn screenshot(prometheus: &Prometheus, dir: Option<&Path>, scenario: &str) {
-    let Some(dir) = dir else { return };
-    std::fs::create_dir_all(dir).unwrap();
-    let sides: [(&str, &[&str]); 3] = [
+/// The graphs of each side over the whole rehearsal, drawn from
+/// Prometheus's query API with the scenarios marked, saved as
+/// `<side>.png` in `dir` (an SVG page screenshotted by headless Chromium).
+async fn charts(prometheus: &Prometheus, dir: &Path, timeline: &Timeline) {
+    let sides: [(&str, &[(&str, &str)]); 3] = [
         (
             "write",
             &[
-                "sum by (command_type) (rate(cqrs_command_total[1m]))",
-                "histogram_quantile(0.99, sum by (le) (rate(cqrs_command_duration_bucket[1m])))",
+                ("commands/s by type", "sum by (command_type) (rate(cqrs_command_total[10s]))"),
+                (
+                    "command latency p99 (ms)",
+                    "histogram_quantile(0.99, sum by (le) (rate(cqrs_command_duration_bucket[10s])))",
+                ),
+                ("up", "max by (job) (up{job=\"write-service\"})"),
             ],
         ),
         (
             "read",
             &[
-                "sum by (query_type) (rate(cqrs_query_total[1m]))",
-                "histogram_quantile(0.95, sum by (le, query_type) (rate(cqrs_query_duration_bucket[1m])))",
+                ("queries/s by type", "sum by (query_type) (rate(cqrs_query_total[10s]))"),
+                (
+                    "query latency p95 (ms) by type",
+                    "histogram_quantile(0.95, sum by (le, query_type) (rate(cqrs_query_duration_bucket[10s])))",
+                ),
+                ("up", "max by (job) (up{job=\"read-service\"})"),
             ],
         ),
         (
             "projection",
             &[
-                "max(cqrs_projection_staleness)",
-                "histogram_quantile(0.99, sum by (le, projection_name) (rate(cqrs_projection_lag_bucket[1m])))",
-                "sum by (projection_name) (rate(cqrs_projection_replayed_total[10s]))",
+                ("staleness (ms)", "max(cqrs_projection_staleness)"),
+                (
+                    "lag p99 (ms) by projection",
+                    "histogram_quantile(0.99, sum by (le, projection_name) (rate(cqrs_projection_lag_bucket[10s])))",
+                ),
+                ("rebuild: events/s re-applied", "sum by (projection_name) (rate(cqrs_projection_replayed_total[5s]))"),
+                ("projector up", "max by (job) (up{job=\"projector\"})"),
             ],
         ),
     ];
-    for (side, exprs) in sides {
-        let mut url = format!("{}/graph?", prometheus.url());
-        for (i, expr) in exprs.iter().enumerate() {
-            let expr: String = url::form_urlencoded::byte_serialize(expr.as_bytes()).collect();
-            url.push_str(&format!("g{i}.expr={expr}&g{i}.tab=0&g{i}.range_input=10m&"));
+    std::fs::create_dir_all(dir).unwrap();
+    let range = timeline.start.elapsed();
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let start = end - range.as_secs_f64();
+    for (side, panels) in sides {
+        let mut page = String::from(
+            "<html><body style=\"margin:0;background:#fff;font:13px sans-serif\"><svg xmlns=\"http://www.w3.org/2000/svg\" \
+             width=\"1100\" height=\"HEIGHT\">",
+        );
+        let mut top = 10.0;
+        for (title, expr) in panels.iter() {
+            let series = prometheus.query_range(expr, range, Duration::from_secs(2)).await;
+            page.push_str(&panel_svg(title, &series, start, end, top, &timeline.marks));
+            top += 190.0;
         }
-        let file = dir.join(format!("{scenario}-{side}.png"));
-        let status = tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                "--disable-background-networking",
-                "--window-size=1200,1150",
-                "--virtual-time-budget=10000",
-            ])
-            .arg(format!("--screenshot={}", file.display()))
-            .arg(&url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success(), "chromium could not screenshot {url}");
+        page.push_str("</svg></body></html>");
+        let page = page.replace("HEIGHT", &format!("{top}"));
+        let html = dir.join(format!("{side}.html"));
+        std::fs::write(&html, page).unwrap();
+        chromium_screenshot(&format!("file://{}", html.display()), &dir.join(format!("{side}.png")), top as u32).await;
+        std::fs::remove_file(html).unwrap();
     }
+}
+
+/// One chart: `series` (a range query's result) from `start` to `end`
+/// (Unix seconds), drawn at `top`, with a dashed line per scenario mark.
+fn panel_svg(
+    title: &str,
+    series: &[serde_json::Value],
+    start: f64,
+    end: f64,
+    top: f64,
+    marks: &[(f64, &str)],
+) -> String {
+    const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+    let (left, width, height) = (60.0, 1020.0, 130.0);
+    let points: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|s| {
+            let labels =
+                s["metric"].as_object().map(|m| m.values().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(" "));
+            let values = s["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_str()?.parse::<f64>().ok()?)))
+                .collect();
+            (labels.unwrap_or_default(), values)
+        })
+        .collect();
+    let max = points.iter().flat_map(|(_, v)| v.iter().map(|(_, y)| *y)).filter(|y| y.is_finite()).fold(0.0, f64::max);
+    let max = if max > 0.0 { max * 1.1 } else { 1.0 };
+    let x = |t: f64| left + (t - start) / (end - start) * width;
+    let y = |v: f64| top + 20.0 + height - v / max * height;
+    let mut svg = format!("<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{title}</text>", top + 12.0);
+    for step in 0..=4 {
+        let value = max * f64::from(step) / 4.0;
+        svg.push_str(&format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y0}\" y2=\"{y0}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" \
+             text-anchor=\"end\" font-size=\"11\">{value:.0}</text>",
+            left + width,
+            left - 4.0,
+            y(value) + 4.0,
+            y0 = y(value)
+        ));
+    }
+    for (at, name) in marks {
+        let mark = x(start + at);
+        svg.push_str(&format!(
+            "<line x1=\"{mark}\" x2=\"{mark}\" y1=\"{}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\
+             <text x=\"{}\" y=\"{}\" font-size=\"10\" fill=\"#666\">{name}</text>",
+            top + 16.0,
+            top + 20.0 + height,
+            mark + 2.0,
+            top + 30.0
+        ));
+    }
+    for (index, (label, values)) in points.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        // A gap in the data (no sample for more than 5 s) breaks the line.
+        let mut path = String::new();
+        let mut previous: Option<f64> = None;
+        for (t, v) in values.iter().filter(|(_, v)| v.is_finite()) {
+            let command = if previous.is_some_and(|p| t - p <= 5.0) { 'L' } else { 'M' };
+            path.push_str(&format!("{command}{:.1},{:.1} ", x(*t), y(*v)));
+            previous = Some(*t);
+        }
+        svg.push_str(&format!("<path d=\"{path}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>"));
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{label}</text>",
+            left + 10.0 + 170.0 * index as f64,
+            top + 20.0 + height + 16.0
+        ));
+    }
+    svg
+}
+
+/// `url` as a PNG at `file`, 1100 pixels wide and `height` high.
+async fn chromium_screenshot(url: &str, file: &Path, height: u32) {
+    let status = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--disable-background-networking",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--window-size=1100,{height}"))
+        .arg(format!("--screenshot={}", file.display()))
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "chromium could not screenshot {url}");
 }

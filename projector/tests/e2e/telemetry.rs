@@ -516,3 +516,51 @@ async fn a_stalled_projector_reports_growing_staleness_until_it_catches_up() {
     .await;
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_projector_counts_what_it_re_applies_after_a_rebuild_reset_as_replay_not_lag() {
+    // Given a live projector that applied 21 events (an opening and 20
+    // deposits) six seconds ago.
+    let receiver = OtlpReceiver::start().await;
+    let mut system = Exporting::start(&receiver, &[]).await;
+    let open = pb::OpenAccountRequest { account_id: "reset".into(), owner: "Ada".into(), command_id: String::new() };
+    let mut last = system.commands.open_account(open).await.unwrap().into_inner().position;
+    for _ in 0..20 {
+        let deposit = pb::DepositFundsRequest { account_id: "reset".into(), amount: 5, ..Default::default() };
+        last = system.commands.deposit_funds(deposit).await.unwrap().into_inner().position;
+    }
+    system.projected(last).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // When a rebuild resets the projections (its first step) and the next
+    // event makes the live projector re-apply the history to reach it.
+    let store = read_model::ReadStore::connect(&system.store.url(), 1).await.unwrap();
+    for projection in read_model::Projection::ALL {
+        store.reset(projection).await.unwrap();
+    }
+    let deposit = pb::DepositFundsRequest { account_id: "reset".into(), amount: 5, ..Default::default() };
+    let next = system.commands.deposit_funds(deposit).await.unwrap().into_inner().position;
+    system.projected(next).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    system.stop().await;
+
+    // Then what it applied again is replay, per projection: no lag of six
+    // seconds and more, which would page as if the projection were behind.
+    let metrics = receiver.metrics();
+    let exported = |name: &str| metrics.iter().filter(|m| m.metric.name == name).collect::<Vec<_>>();
+    let replayed: Vec<f64> =
+        exported("cqrs.projection.replayed").iter().flat_map(|m| numbers(m.metric.data.as_ref())).collect();
+    assert_eq!(replayed.iter().copied().fold(0.0, f64::max), 21.0, "per projection: {replayed:?}");
+    // One export per metric message, cumulative: the last one holds all.
+    let exports: Vec<_> = exported("cqrs.projection.lag")
+        .into_iter()
+        .map(|m| match &m.metric.data {
+            Some(Data::Histogram(histogram)) => histogram.data_points.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let recorded = exports.iter().map(|points| points.iter().map(|p| p.count).sum::<u64>()).max();
+    let longest = exports.iter().flatten().filter_map(|p| p.max).fold(0.0, f64::max);
+    assert_eq!(recorded, Some(2 * 22), "lag is recorded once per event applied live, per projection");
+    assert!(longest < 6_000.0, "an event applied again was counted as {longest} ms of lag");
+}
