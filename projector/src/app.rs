@@ -353,7 +353,9 @@ impl Projector {
     }
 
     /// Every [`STALENESS_PERIOD`], measures how old the oldest unapplied
-    /// event is: the log's next account event after the lowest checkpoint.
+    /// event is: the log's next account event after what every projection
+    /// has applied at least once (history a rebuild reset and is replaying
+    /// is progress, not staleness: see `ProjectionTelemetry::applied`).
     /// Runs beside the consumer, so it keeps measuring while a batch is
     /// stuck (read store down, a stalled consumer): that is when the lag of
     /// applied events says nothing.

@@ -224,12 +224,21 @@ impl ProjectionTelemetry {
         self.pending.store(pending, Ordering::Relaxed);
     }
 
-    /// The lowest checkpoint, once the checkpoints were read.
+    /// Up to where every projection has applied the log at least once:
+    /// per projection the higher of its checkpoint and the highest
+    /// checkpoint seen (what a rebuild reset is being re-applied, not
+    /// waiting for the first time), the lowest of those; once known.
     pub fn applied(&self) -> Option<u64> {
         if !self.checkpoints_known.load(Ordering::Relaxed) {
             return None;
         }
-        Projection::ALL.iter().map(|p| self.checkpoints[index(*p)].load(Ordering::Relaxed)).min()
+        Projection::ALL
+            .iter()
+            .map(|p| {
+                let i = index(*p);
+                self.checkpoints[i].load(Ordering::Relaxed).max(self.high_water[i][0].load(Ordering::Relaxed))
+            })
+            .min()
     }
 
     /// Records the age of the oldest unapplied event (0: caught up).

@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: fail loudly
 
+pub mod cluster;
 pub mod event_log;
 pub mod otlp;
 pub mod postgres;

@@ -185,6 +185,9 @@ fn steady_load(write: SocketAddr, read: SocketAddr, stop: Arc<AtomicBool>, ok: A
 async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     let mut timeline = Timeline::new();
     let screenshots = std::env::var_os("REHEARSAL_SCREENSHOTS").map(PathBuf::from);
+    if let Some(dir) = &screenshots {
+        std::fs::create_dir_all(dir).unwrap();
+    }
 
     // --- The system, with a history to rebuild later.
     let nats = NatsServer::start().await;
@@ -307,11 +310,18 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     let window = timeline.start.elapsed();
     let replayed = max_over(&prometheus, "max(cqrs_projection_replay_position)", window).await;
     assert!(replayed > 0.0, "the rebuild ({rebuild_took:?}) was not visible as its own series");
-    let lag_alerts =
-        prometheus.query_range("ALERTS{alertname=\"CqrsProjectionLagP99High\"}", window, Duration::from_secs(1)).await;
-    assert!(lag_alerts.is_empty(), "the rebuild raised the lag alert: {lag_alerts:?}");
+    let firing = "ALERTS{alertname=\"CqrsProjectionLagP99High\", alertstate=\"firing\"}";
+    let lag_alerts = prometheus.query_range(firing, window, Duration::from_secs(1)).await;
+    assert!(lag_alerts.is_empty(), "the rebuild fired the lag alert: {lag_alerts:?}");
+    // Honest lag: the rebuild reset the read model, so an event written
+    // meanwhile waits until the replay reaches it, at most the rebuild's
+    // duration; the history's own age (days) is not lag.
     let live_lag = max_over(&prometheus, "cqrs:projection_lag:p99_rate5m", window).await;
-    assert!(live_lag < 5_000.0, "the live lag p99 reached {live_lag} ms during the rebuild");
+    let bound = rebuild_took.as_secs_f64() * 1_000.0 + 5_000.0;
+    assert!(live_lag <= bound, "the live lag p99 reached {live_lag} ms during a rebuild of {rebuild_took:?}");
+    // Nor is the rebuild a stall: replaying what was reset is progress.
+    let staleness = max_over(&prometheus, "max(cqrs_projection_staleness)", window).await;
+    assert!(staleness <= bound, "staleness reached {staleness} ms during a rebuild of {rebuild_took:?}");
     let mut empty = Vec::new();
     for (file, query) in shipped_dashboard_queries() {
         if prometheus.query_range(&query, window, Duration::from_secs(1)).await.is_empty() {
@@ -322,7 +332,7 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     timeline.note(
         "rebuild",
         format!(
-            "{history_end}+ events re-applied in {:.1} s under writes; no lag alert, live lag p99 at most {live_lag:.0} ms",
+            "{history_end}+ events re-applied in {:.1} s under writes; no lag alert fired, live lag p99 at most {live_lag:.0} ms",
             rebuild_took.as_secs_f64()
         ),
     );
@@ -481,10 +491,12 @@ async fn charts(prometheus: &Prometheus, dir: &Path, timeline: &Timeline) {
             ],
         ),
     ];
-    std::fs::create_dir_all(dir).unwrap();
-    let range = timeline.start.elapsed();
+    // From a little before the first scenario (when Prometheus had begun).
+    let begin = timeline.marks.first().map_or(0.0, |(at, _)| (at - 10.0).max(0.0));
+    let range = timeline.start.elapsed().saturating_sub(Duration::from_secs_f64(begin));
     let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let start = end - range.as_secs_f64();
+    let marks: Vec<(f64, &str)> = timeline.marks.iter().map(|(at, name)| (at - begin, *name)).collect();
     for (side, panels) in sides {
         let mut page = String::from(
             "<html><body style=\"margin:0;background:#fff;font:13px sans-serif\"><svg xmlns=\"http://www.w3.org/2000/svg\" \
@@ -493,7 +505,7 @@ async fn charts(prometheus: &Prometheus, dir: &Path, timeline: &Timeline) {
         let mut top = 10.0;
         for (title, expr) in panels.iter() {
             let series = prometheus.query_range(expr, range, Duration::from_secs(2)).await;
-            page.push_str(&panel_svg(title, &series, start, end, top, &timeline.marks));
+            page.push_str(&panel_svg(title, &series, start, end, top, &marks));
             top += 190.0;
         }
         page.push_str("</svg></body></html>");
@@ -536,26 +548,29 @@ fn panel_svg(
     let x = |t: f64| left + (t - start) / (end - start) * width;
     let y = |v: f64| top + 20.0 + height - v / max * height;
     let mut svg = format!("<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{title}</text>", top + 12.0);
+    let decimals = if max < 10.0 { 1 } else { 0 };
     for step in 0..=4 {
         let value = max * f64::from(step) / 4.0;
         svg.push_str(&format!(
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{y0}\" y2=\"{y0}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" \
-             text-anchor=\"end\" font-size=\"11\">{value:.0}</text>",
+             text-anchor=\"end\" font-size=\"11\">{value:.decimals$}</text>",
             left + width,
             left - 4.0,
             y(value) + 4.0,
             y0 = y(value)
         ));
     }
-    for (at, name) in marks {
+    for (number, (at, name)) in marks.iter().enumerate() {
         let mark = x(start + at);
+        // Alternate rows, so that close marks do not overwrite each other.
+        let row = if number % 2 == 0 { 30.0 } else { 42.0 };
         svg.push_str(&format!(
             "<line x1=\"{mark}\" x2=\"{mark}\" y1=\"{}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\
              <text x=\"{}\" y=\"{}\" font-size=\"10\" fill=\"#666\">{name}</text>",
             top + 16.0,
             top + 20.0 + height,
             mark + 2.0,
-            top + 30.0
+            top + row
         ));
     }
     for (index, (label, values)) in points.iter().enumerate() {
