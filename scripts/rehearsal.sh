@@ -5,10 +5,11 @@
 # Alertmanager, and every scenario (steady, cancelled call, a rebuild of
 # REHEARSAL_EVENTS events under writes, a dead letter, a side killed, a
 # stalled projector). Prints the timeline (scenario, alert, time to fire and
-# to resolve) and saves PNGs of the Prometheus graphs of each side per
-# scenario into REHEARSAL_SCREENSHOTS (headless Debian chromium).
+# to resolve) and saves a PNG chart per side over the whole run, scenarios
+# marked, into REHEARSAL_SCREENSHOTS (drawn from Prometheus's query API,
+# rendered by headless Debian chromium).
 #
-#   scripts/rehearsal.sh                      # 500,000 events, screenshots in docs/img/rehearsal
+#   scripts/rehearsal.sh                      # 500,000 events, charts in docs/img/rehearsal
 #   REHEARSAL_EVENTS=100000 scripts/rehearsal.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

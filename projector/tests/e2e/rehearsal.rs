@@ -6,8 +6,8 @@
 //! reach the Alertmanager, and in how long they take to fire and resolve.
 //!
 //! `scripts/rehearsal.sh` runs it at full size (a rebuild of 100,000
-//! events, release build), prints the timeline and saves screenshots of
-//! the Prometheus graphs for docs/telemetry.md.
+//! events, release build), prints the timeline and saves charts of each
+//! side, drawn from Prometheus's query API, for docs/telemetry.md.
 
 use std::{
     collections::BTreeSet,
@@ -185,9 +185,6 @@ fn steady_load(write: SocketAddr, read: SocketAddr, stop: Arc<AtomicBool>, ok: A
 async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     let mut timeline = Timeline::new();
     let screenshots = std::env::var_os("REHEARSAL_SCREENSHOTS").map(PathBuf::from);
-    if let Some(dir) = &screenshots {
-        std::fs::create_dir_all(dir).unwrap();
-    }
 
     // --- The system, with a history to rebuild later.
     let nats = NatsServer::start().await;
@@ -380,10 +377,6 @@ async fn operations_rehearsal_on_a_real_prometheus_and_alertmanager() {
     let fired = webhook.wait_for("CqrsProjectionStalled", "firing", since, Duration::from_secs(300)).await;
     timeline
         .note("projector stalled", format!("CqrsProjectionStalled fired after {:.1} s", (fired - since).as_secs_f64()));
-    if let Some(dir) = &screenshots {
-        // Prometheus's own page of alerts, while this one fires.
-        chromium_screenshot(&format!("{}/alerts", prometheus.url()), &dir.join("alerts-stalled.png"), 900).await;
-    }
     timeline.begin("unstalled");
     let released = Instant::now();
     lock.release().await;
