@@ -9,8 +9,8 @@
 //! traces and metrics off, and `OTEL_METRICS_EXPORTER` = `otlp` (push, the
 //! default) | `prometheus` (a scrape endpoint on
 //! `OTEL_EXPORTER_PROMETHEUS_HOST`:`OTEL_EXPORTER_PROMETHEUS_PORT`,
-//! default `localhost:9464`, what `deploy/` uses) | `none`. Logs are filtered with `RUST_LOG`. One addition
-//! to the standard samplers: a root span linked to another trace follows
+//! default `localhost:9464`, what `deploy/` uses) | `none`. Logs are
+//! filtered with `RUST_LOG`. One addition to the standard samplers: a root span linked to another trace follows
 //! that trace's sampling decision ([`FollowLinkedTrace`]).
 
 use std::time::Duration;

@@ -3,11 +3,11 @@
 //! the servers they were given), for tests of the event log across server
 //! failures: kill a server, freeze one (SIGSTOP), find the stream leader.
 
-use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use tokio::process::{Child, Command};
 
-use crate::{binary, eventually, free_port};
+use crate::{eventually, free_port, spawn_nats_server};
 
 /// One server of a [`NatsCluster`].
 struct Node {
@@ -124,19 +124,6 @@ impl NatsCluster {
 
     async fn spawn(&mut self, index: usize) {
         let node = &mut self.nodes[index];
-        let child = Command::new(binary())
-            .arg("-c")
-            .arg(&node.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary().display()));
-        node.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], node.port));
-        eventually(Duration::from_secs(10), "nats-server to accept connections", || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        node.child = Some(spawn_nats_server(&["-c".into(), node.config.clone().into()], node.port).await);
     }
 }

@@ -89,25 +89,32 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
-        let mut command = Command::new(binary());
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
         if let Some(config) = &self.config {
-            command.arg("-c").arg(config);
+            args.extend(["-c".into(), config.into()]);
         }
-        let child = command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (install nats-server)", binary().display()));
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        eventually(Duration::from_secs(10), "nats-server to accept connections", || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        args.extend(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"].map(Into::into));
+        args.push(self.store.path().into());
+        self.child = Some(spawn_nats_server(&args, self.port).await);
     }
+}
+
+/// Starts the nats-server binary with `args` and waits until it accepts
+/// connections on `port`; killed when the child is dropped.
+pub(crate) async fn spawn_nats_server(args: &[std::ffi::OsString], port: u16) -> Child {
+    let child = Command::new(binary())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (install nats-server)", binary().display()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    eventually(Duration::from_secs(10), "nats-server to accept connections", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    child
 }
 
 /// The nats-server binary, checked once to be a release the services can

@@ -22,7 +22,7 @@ use lru::LruCache;
 use crate::{
     domain::{AccountId, Command, CommandId},
     error::CommandError,
-    event_log::{Appended, EventLog, EventLogError, LoadedAccount, RecordedCommand},
+    event_log::{Appended, EventLog, EventLogError, LoadedAccount, ReadFrom, RecordedCommand},
 };
 
 /// How often a command is decided again after losing a race on its account
@@ -100,7 +100,7 @@ impl Accounts {
         // slot empty (reload next time) unless it puts a trusted state back.
         let (mut loaded, mut fresh) = match cached.take() {
             Some(loaded) => (loaded, false),
-            None => (self.load(log, id).await?, true),
+            None => (self.load(log, id, ReadFrom::AnyReplica).await?, true),
         };
 
         for _ in 0..MAX_ATTEMPTS {
@@ -111,7 +111,7 @@ impl Accounts {
             let event = match loaded.account.decide(command) {
                 Ok(event) => event,
                 Err(_) if !fresh => {
-                    (loaded, fresh) = (self.load(log, id).await?, true);
+                    (loaded, fresh) = (self.load(log, id, ReadFrom::Leader).await?, true);
                     continue;
                 }
                 // A refusal may be a retry of a command that was accepted
@@ -147,7 +147,7 @@ impl Accounts {
                 Ok(Appended::Duplicate { position, version }) => {
                     return Ok(Accepted { version, position, produced: None });
                 }
-                Err(EventLogError::Conflict) => (loaded, fresh) = (self.load(log, id).await?, true),
+                Err(EventLogError::Conflict) => (loaded, fresh) = (self.load(log, id, ReadFrom::Leader).await?, true),
                 // The append may or may not have happened: the slot stays
                 // empty, the next command reloads.
                 Err(error) => return Err(CommandError::from_log(id, error)),
@@ -167,8 +167,8 @@ impl Accounts {
 
     /// Account `id`'s state from the log; caches the outcomes of the
     /// commands the load came across.
-    async fn load(&self, log: &EventLog, id: &AccountId) -> Result<LoadedAccount, CommandError> {
-        let loaded = log.load(id).await;
+    async fn load(&self, log: &EventLog, id: &AccountId, from: ReadFrom) -> Result<LoadedAccount, CommandError> {
+        let loaded = log.load(id, from).await;
         self.remember(id, loaded)
     }
 

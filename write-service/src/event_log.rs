@@ -13,7 +13,7 @@ use async_nats::{
         self,
         context::PublishErrorKind,
         message::PublishMessage,
-        stream::{DirectGetErrorKind, DiscardPolicy, RetentionPolicy, StorageType},
+        stream::{DirectGetErrorKind, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType},
     },
 };
 use futures::StreamExt;
@@ -75,6 +75,19 @@ pub struct StreamSettings {
     pub replicas: usize,
     /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
     pub duplicate_window: Duration,
+}
+
+/// Which copy of the stream a read asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Any replica (direct get): spread over the cluster, but a follower
+    /// may not have the latest events yet. Good for a first load: a stale
+    /// state only costs a conflict.
+    AnyReplica,
+    /// The stream leader: what an append is checked against. After a
+    /// conflict, so that the retry is not decided on the same stale state
+    /// again (after a leader change a follower can lag for seconds).
+    Leader,
 }
 
 /// An account's state as of its last event in the log.
@@ -217,15 +230,32 @@ impl EventLog {
     /// of the account's history or of the log (docs/adr/0001). Also reports
     /// the last event's command, so a retry of it is recognised. An
     /// account whose last event predates the balance header is replayed.
-    pub async fn load(&self, id: &AccountId) -> Result<(LoadedAccount, Vec<RecordedCommand>), EventLogError> {
+    pub async fn load(
+        &self,
+        id: &AccountId,
+        from: ReadFrom,
+    ) -> Result<(LoadedAccount, Vec<RecordedCommand>), EventLogError> {
         self.ensure_connected()?;
         let subject = self.names.account_subject(id.as_str());
-        let last = match self.within_timeout(self.stream.direct_get_last_for_subject(subject)).await? {
-            Ok(message) => message,
-            Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => {
-                return Ok((LoadedAccount::default(), Vec::new()));
+        let last = match from {
+            ReadFrom::AnyReplica => {
+                match self.within_timeout(self.stream.direct_get_last_for_subject(subject)).await? {
+                    Ok(message) => message,
+                    Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => {
+                        return Ok((LoadedAccount::default(), Vec::new()));
+                    }
+                    Err(error) => return Err(EventLogError::Request(error.to_string())),
+                }
             }
-            Err(error) => return Err(EventLogError::Request(error.to_string())),
+            ReadFrom::Leader => {
+                match self.within_timeout(self.stream.get_last_raw_message_by_subject(&subject)).await? {
+                    Ok(message) => message,
+                    Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => {
+                        return Ok((LoadedAccount::default(), Vec::new()));
+                    }
+                    Err(error) => return Err(EventLogError::Request(error.to_string())),
+                }
+            }
         };
         let Some(balance) = header(&last.headers, headers::ACCOUNT_BALANCE) else {
             return self.load_history(id).await;

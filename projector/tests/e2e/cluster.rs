@@ -20,7 +20,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{helpers::*, telemetry::service_command};
 
-const ACCOUNTS: usize = 8;
+/// Writers, each on its own account.
 const WRITERS: usize = 8;
 
 /// One acknowledged deposit, as its client saw it.
@@ -47,7 +47,8 @@ fn spawn_binary(name: &str, env: &[(&str, String)]) -> (SocketAddr, Child) {
     (addr, service_command(name, addr, env).spawn().unwrap())
 }
 
-/// Deposits on the accounts, alternating between the write replicas, each
+/// Deposits on the writer's account, alternating between the write replicas (so
+/// each replica's cached state is behind the other's every time), each
 /// retried with its `command_id` while the answer is UNAVAILABLE or
 /// DEADLINE_EXCEEDED (an unknown outcome), until `stop`.
 fn writer(
@@ -66,7 +67,9 @@ fn writer(
                 break;
             }
             let request = pb::DepositFundsRequest {
-                account_id: format!("acc-{}", (writer + n) % ACCOUNTS),
+                // One writer per account: contention between replicas on one
+                // hot account is a test of its own.
+                account_id: format!("acc-{writer}"),
                 amount: 1,
                 command_id: format!("w{writer}-{n}"),
                 expected_version: None,
@@ -114,6 +117,7 @@ async fn two_write_replicas_lose_nothing_when_the_stream_leader_dies_or_a_server
         ("NATS_URL", cluster.url()),
         ("READ_STORE_URL", store.url()),
         ("EVENT_STREAM_REPLICAS", "3".to_owned()),
+        ("NATS_REQUEST_TIMEOUT", std::env::var("CLUSTER_NATS_REQUEST_TIMEOUT").unwrap_or_else(|_| "5s".into())),
         ("OTEL_SDK_DISABLED", "true".to_owned()),
         ("RUST_LOG", "error".to_owned()),
     ];
@@ -131,7 +135,7 @@ async fn two_write_replicas_lose_nothing_when_the_stream_leader_dies_or_a_server
     wait_for_health(projector_addr, ServingStatus::Serving).await;
     wait_for_health(read_addr, ServingStatus::Serving).await;
     let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(replicas[0]));
-    for i in 0..ACCOUNTS {
+    for i in 0..WRITERS {
         let open =
             pb::OpenAccountRequest { account_id: format!("acc-{i}"), owner: "Owner".into(), command_id: String::new() };
         commands.open_account(open).await.unwrap();

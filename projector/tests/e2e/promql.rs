@@ -17,6 +17,13 @@ use promql_parser::{
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
+/// Series the running services do not export, so this check cannot see
+/// them: Prometheus's own `up`, and what only `projector rebuild` exports.
+/// The operations rehearsal (rehearsal.rs) has a real Prometheus answer
+/// every dashboard query, these included.
+const NOT_FROM_THE_LIVE_SERVICES: [&str; 4] =
+    ["up", "cqrs_projection_replayed_total", "cqrs_projection_replay_position", "cqrs_projection_replay_target"];
+
 /// Labels Prometheus and the exporter add to every series.
 const SERIES_LABELS: [&str; 3] = ["job", "instance", "__name__"];
 
@@ -207,7 +214,7 @@ pub(crate) fn assert_shipped_queries_select_exported_metrics(exported: &[&Metric
         let _ = walk_expr(&mut selected, &expr);
         assert!(!selected.metrics.is_empty(), "{file}: `{query}` selects no metric");
         for (metric, labels) in &selected.metrics {
-            if recorded.contains(metric) {
+            if recorded.contains(metric) || NOT_FROM_THE_LIVE_SERVICES.contains(&metric.as_str()) {
                 continue;
             }
             let known = series.get(metric).unwrap_or_else(|| {
