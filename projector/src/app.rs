@@ -42,7 +42,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::Config,
-    domain::{EventRecord, projections},
+    domain::{EventRecord, account_of_subject, projections},
     error::ProjectorError,
     telemetry::{Handled, Outcome, ProjectionTelemetry, Traffic},
 };
@@ -83,30 +83,71 @@ pub struct BatchReport {
     pub gap: Option<u64>,
     /// Per handled message, for telemetry.
     pub events: Vec<Handled>,
-    /// The checkpoints after the commit.
+    /// The checkpoints after the commit: the lowest of the partitions'.
     pub checkpoints: Checkpoints,
 }
 
-/// The projection engine over one read store and one event stream.
+/// A message of a batch after the order checks: the projections due for it
+/// (`None`: another partition's event), and what it says (or why it cannot
+/// be read).
+type Prepared<'a> = (&'a Delivered, Option<Vec<Projection>>, Result<EventRecord, String>);
+
+/// Which accounts a projector applies: the partitions it owns, of how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitions {
+    pub owned: Vec<u32>,
+    pub count: u32,
+}
+
+impl Partitions {
+    /// Every partition of `count` (a rebuild; the single-partition default).
+    pub fn all(count: u32) -> Self {
+        Self { owned: (0..count.max(1)).collect(), count: count.max(1) }
+    }
+
+    /// Partition `index` of `count` alone (a partition's live projector).
+    pub fn one(index: u32, count: u32) -> Self {
+        Self { owned: vec![index], count: count.max(1) }
+    }
+}
+
+/// The projection engine over one read store and one event stream, for
+/// some partitions of the accounts.
 pub struct Projector {
     store: ReadStore,
     stream: jetstream::stream::Stream,
     names: EventLogArgs,
+    partitions: Partitions,
+    /// The durable consumer's name (live only).
+    consumer: String,
     telemetry: ProjectionTelemetry,
 }
 
 impl Projector {
-    /// A projector of the live log, consuming as `consumer`.
-    pub fn new(store: ReadStore, stream: jetstream::stream::Stream, names: EventLogArgs, consumer: &str) -> Self {
-        let telemetry = ProjectionTelemetry::new(Traffic::Live, consumer, names.all_accounts_subject());
-        Self { store, stream, names, telemetry }
+    /// A projector of the live log for `partitions`, consuming as
+    /// `consumer` (one consumer per partition: see [`consumer_name`]).
+    pub fn new(
+        store: ReadStore,
+        stream: jetstream::stream::Stream,
+        names: EventLogArgs,
+        consumer: String,
+        partitions: Partitions,
+    ) -> Self {
+        let partition = (partitions.count > 1).then(|| partitions.owned.first().copied().unwrap_or(0));
+        let telemetry = ProjectionTelemetry::new(Traffic::Live, &consumer, names.all_accounts_subject(), partition);
+        Self { store, stream, names, partitions, consumer, telemetry }
     }
 
-    /// A projector that replays history (`projector rebuild`): its
-    /// telemetry reports progress, not lag (see `telemetry`).
-    pub fn for_replay(store: ReadStore, stream: jetstream::stream::Stream, names: EventLogArgs) -> Self {
-        let telemetry = ProjectionTelemetry::new(Traffic::Replay, "rebuild", names.all_accounts_subject());
-        Self { store, stream, names, telemetry }
+    /// A projector that replays history into every partition (`projector
+    /// rebuild`): its telemetry reports progress, not lag (see `telemetry`).
+    pub fn for_replay(
+        store: ReadStore,
+        stream: jetstream::stream::Stream,
+        names: EventLogArgs,
+        partitions: u32,
+    ) -> Self {
+        let telemetry = ProjectionTelemetry::new(Traffic::Replay, "rebuild", names.all_accounts_subject(), None);
+        Self { store, stream, names, partitions: Partitions::all(partitions), consumer: "rebuild".into(), telemetry }
     }
 
     /// Its telemetry.
@@ -119,47 +160,72 @@ impl Projector {
         &self.store
     }
 
+    /// The partition an event on `subject` belongs to (an event without an
+    /// account subject: partition 0, which sets it aside).
+    fn partition_of(&self, subject: &str) -> u32 {
+        account_of_subject(subject, &self.names.subject_prefix)
+            .map_or(0, |account_id| read_model::partition_of(account_id, self.partitions.count))
+    }
+
     /// Applies `messages` (in log order) to `projections` in one
-    /// transaction. Telemetry is recorded after the commit.
+    /// transaction. Every event moves the owned partitions' checkpoints;
+    /// only those of their accounts change rows. Telemetry is recorded
+    /// after the commit.
     pub async fn apply(&self, messages: &[Delivered], projections: &[Projection]) -> Result<BatchReport, StoreError> {
         let started = std::time::SystemTime::now();
-        let mut batch = self.store.begin().await?;
+        let mut batch = self.store.begin(&self.partitions.owned, self.partitions.count).await?;
         let mut changed_summaries: HashSet<String> = HashSet::new();
         let mut new_history: Vec<HistoryRow> = Vec::new();
         let mut report = BatchReport::default();
 
         // First pass: order checks and decoding, so that the rows of every
         // account in the batch can be loaded with a few queries.
-        let mut prepared: Vec<(&Delivered, Vec<Projection>, Result<EventRecord, String>)> = Vec::new();
+        let mut prepared: Vec<Prepared<'_>> = Vec::new();
         'messages: for message in messages {
-            let checkpoints = batch.checkpoints();
-            let due: Vec<Projection> =
-                projections.iter().copied().filter(|p| message.position > checkpoints.get(*p)).collect();
-            for projection in &due {
-                let expected = checkpoints.get(*projection) + 1;
+            let partition = self.partition_of(&message.subject);
+            // Projections due, per owned partition (those whose checkpoint
+            // is below the event).
+            let mut behind: Vec<(u32, Projection)> = Vec::new();
+            for (owned, checkpoints) in batch.checkpoints() {
+                for projection in projections {
+                    let checkpoint = checkpoints.get(*projection);
+                    if message.position > checkpoint {
+                        behind.push((*owned, *projection));
+                    }
+                }
+            }
+            for (owned, projection) in &behind {
+                let expected = batch.checkpoints().get(owned).map_or(0, |c| c.get(*projection)) + 1;
                 if message.position > expected && !self.nothing_between(expected, message.position).await {
                     report.gap = Some(expected);
                     break 'messages;
                 }
             }
-            let record = EventRecord::read(
-                message.position,
-                &message.subject,
-                &self.names.subject_prefix,
-                |name| message.header(name),
-                &message.payload,
-            )
-            .map_err(|error| error.to_string());
-            for projection in &due {
-                batch.advance(*projection, message.position);
+            for (owned, projection) in &behind {
+                batch.advance(*projection, *owned, message.position);
             }
+            // Another partition's event only moves the checkpoints past it.
+            let due = self.partitions.owned.contains(&partition).then(|| {
+                behind.iter().filter(|(owned, _)| *owned == partition).map(|(_, projection)| *projection).collect()
+            });
+            let record = match due {
+                Some(_) => EventRecord::read(
+                    message.position,
+                    &message.subject,
+                    &self.names.subject_prefix,
+                    |name| message.header(name),
+                    &message.payload,
+                )
+                .map_err(|error| error.to_string()),
+                None => Err(String::new()),
+            };
             prepared.push((message, due, record));
         }
         report.handled = prepared.len();
         let ids_due = |projection: Projection| -> Vec<String> {
             let ids: HashSet<&String> = prepared
                 .iter()
-                .filter(|(_, due, _)| due.contains(&projection))
+                .filter(|(_, due, _)| due.as_ref().is_some_and(|due| due.contains(&projection)))
                 .filter_map(|(_, _, record)| record.as_ref().ok().map(|r| &r.account_id))
                 .collect();
             ids.into_iter().cloned().collect()
@@ -178,6 +244,7 @@ impl Projector {
 
         // Second pass: fold, in log order.
         for (message, due, record) in prepared {
+            let Some(due) = due else { continue };
             let mut handled = Handled {
                 position: message.position,
                 subject: message.subject.clone(),
@@ -238,7 +305,7 @@ impl Projector {
             changed_summaries.iter().filter_map(|id| summaries.get(id).cloned().flatten()).collect();
         batch.upsert_accounts(&rows).await?;
         batch.insert_history(&new_history).await?;
-        report.checkpoints = batch.checkpoints();
+        report.checkpoints = Checkpoints::lowest(batch.checkpoints().values());
         batch.commit().await?;
 
         self.telemetry.set_checkpoints(report.checkpoints);
@@ -382,18 +449,24 @@ impl Projector {
     /// Recreates the durable consumer at the lowest checkpoint + 1 and
     /// opens its message stream.
     async fn position_consumer(&self, config: &Config) -> Result<pull::Stream, ProjectorError> {
-        let checkpoints = self.store.checkpoints().await?;
+        let progress = self.store.progress().await?;
+        if progress.partitions() != self.partitions.count {
+            return Err(StoreError::Partitions { found: progress.partitions(), wanted: self.partitions.count }.into());
+        }
+        let checkpoints = Checkpoints::lowest(
+            self.partitions.owned.iter().map(|p| progress.partition(*p)).collect::<Vec<_>>().iter(),
+        );
         self.telemetry.set_checkpoints(checkpoints);
         let start = checkpoints.min() + 1;
         // A durable consumer cannot change its start; recreate it. Nothing
         // is lost: whatever it had delivered but not acked is above the
         // checkpoint and is delivered again.
-        let _ = self.stream.delete_consumer(&config.consumer).await;
+        let _ = self.stream.delete_consumer(&self.consumer).await;
         let batch = config.batch_size.get();
         let consumer = self
             .stream
             .create_consumer(pull::Config {
-                durable_name: Some(config.consumer.clone()),
+                durable_name: Some(self.consumer.clone()),
                 description: Some("bank projector: account_summary, account_history".into()),
                 filter_subject: self.names.all_accounts_subject(),
                 deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
@@ -408,7 +481,7 @@ impl Projector {
             })
             .await
             .map_err(ProjectorError::event_log)?;
-        tracing::info!(start, consumer = %config.consumer, "consuming the event log");
+        tracing::info!(start, consumer = %self.consumer, "consuming the event log");
         consumer
             .stream()
             .max_messages_per_batch(batch)
@@ -436,6 +509,14 @@ fn dead_letter(message: &Delivered, reason: &str) -> DeadLetter {
         payload: message.payload.to_vec(),
         dead_lettered_at_us: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000,
     }
+}
+
+/// The durable consumer of partition `index` of `count`: `base` itself
+/// when the read model is one partition (the name deployments already
+/// have), `<base>-<index>-of-<count>` otherwise, so that a layout change
+/// never resumes another layout's consumer.
+pub fn consumer_name(base: &str, index: u32, count: u32) -> String {
+    if count <= 1 { base.to_owned() } else { format!("{base}-{index}-of-{count}") }
 }
 
 /// How often the staleness is measured (one direct get).

@@ -1,7 +1,11 @@
 //! projector's settings: flags with environment fallbacks (`projector
 //! --help` is the reference), local defaults.
 
-use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use read_model::Projection;
@@ -52,9 +56,19 @@ pub struct Config {
     #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db", hide_env_values = true)]
     pub read_store_url: shared::secrets::Secret,
 
-    /// Name of the durable JetStream consumer.
+    /// Name of the durable JetStream consumer (with several partitions,
+    /// `<name>-<k>-of-<n>` per partition). Processes of one name share the
+    /// partitions.
     #[arg(long, env = "PROJECTOR_CONSUMER", default_value = "projector")]
     pub consumer: String,
+
+    /// Partitions of the accounts, each projected by one process at a time
+    /// with its own consumer and checkpoints; any number of processes share
+    /// them through leases, and take over a dead one's within seconds. More
+    /// than 1 needs PostgreSQL; changing it is a rebuild (docs/scaling.md).
+    /// With PostgreSQL, a second process of 1 partition is a hot standby.
+    #[arg(long, env = "PROJECTOR_PARTITIONS", default_value = "1")]
+    pub partitions: NonZeroU32,
 
     /// Most events applied in one read-store transaction. Also bounds how
     /// many events are in flight (the consumer's max_ack_pending is twice

@@ -11,6 +11,9 @@ pub enum ProjectorError {
     /// NATS or JetStream refused a request.
     #[error("event log: {0}")]
     EventLog(String),
+    /// Settings that cannot work together.
+    #[error("{0}")]
+    Settings(String),
     /// The health endpoint cannot be served.
     #[error("health endpoint: {0}")]
     Health(String),

@@ -43,7 +43,19 @@ async fn run_rebuild(config: projector::config::Config, projection: Option<Proje
     let projections = projection.map_or_else(|| Projection::ALL.to_vec(), |p| vec![p]);
     let stream = try_connect_event_log(&config).await?;
     let store = ReadStore::connect(config.read_store_url.expose(), 2).await?;
-    let projector = Projector::for_replay(store, stream.clone(), config.event_log.clone());
+    let partitions = config.partitions.get();
+    let laid_out = store.progress().await?.partitions();
+    if laid_out != partitions {
+        if projection.is_some() {
+            return Err(ProjectorError::Settings(format!(
+                "the read model is projected in {laid_out} partition(s): changing it to {partitions} rebuilds every \
+                 projection (omit --projection)"
+            )));
+        }
+        println!("laying the read model out in {partitions} partition(s) (was {laid_out})");
+        store.repartition(partitions).await?;
+    }
+    let projector = Projector::for_replay(store, stream.clone(), config.event_log.clone(), partitions);
     let report = rebuild(
         &projector,
         &stream,

@@ -1,7 +1,7 @@
 //! Wiring: the health endpoint, the NATS connection, the read store, and
 //! the projection loop, until shutdown.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr};
 
 use async_nats::jetstream;
 use futures::FutureExt;
@@ -12,9 +12,10 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
-    app::{Projector, SERVICE_NAME, set_health},
+    app::{SERVICE_NAME, set_health},
     config::Config,
     error::ProjectorError,
+    placement,
 };
 
 /// A bound, not yet running projector.
@@ -52,9 +53,8 @@ impl Application {
 
         let work = async {
             let (stream, store) = tokio::join!(connect_event_log(&config), connect_store(&config));
-            let projector = Arc::new(Projector::new(store, stream, config.event_log.clone(), &config.consumer));
-            let result = Arc::clone(&projector).run(&config, reporter.clone(), shutdown.clone()).await;
-            projector.store().close().await;
+            let result = placement::project(store.clone(), stream, &config, reporter.clone(), shutdown.clone()).await;
+            store.close().await;
             result
         };
         let result = tokio::select! {
@@ -62,6 +62,10 @@ impl Application {
             () = shutdown.clone() => Ok(()),
         };
         set_health(&reporter, ServingStatus::NotServing).await;
+        if result.is_err() {
+            // Nothing to drain: the health server would only wait for a signal.
+            health_server.abort();
+        }
         let _ = health_server.await;
         tracing::info!("projector stopped");
         result
@@ -90,5 +94,7 @@ pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream:
 }
 
 async fn connect_store(config: &Config) -> ReadStore {
-    retry::until_ok("the read store", || ReadStore::connect(config.read_store_url.expose(), 4)).await
+    // A connection per partition's projector, and a few for the rest.
+    let connections = 4 + config.partitions.get();
+    retry::until_ok("the read store", || ReadStore::connect(config.read_store_url.expose(), connections)).await
 }

@@ -106,39 +106,57 @@ pub struct ProjectionTelemetry {
     /// Age in ms of the oldest event not yet applied; 0 when caught up.
     staleness_ms: Arc<AtomicU64>,
     replay: Arc<[AtomicU64; 2]>,
+    /// Whether the gauges report (this process holds the partition).
+    active: Arc<AtomicBool>,
 }
 
 impl ProjectionTelemetry {
     /// Instruments for `traffic` read by the durable consumer `consumer`
     /// from the subjects `destination_template` (`<prefix>.account.*`).
-    pub fn new(traffic: Traffic, consumer: &str, destination_template: String) -> Self {
+    ///
+    /// `partition` (when the read model has several) labels the gauges,
+    /// which report only while this process holds the partition (see
+    /// [`Self::set_active`]): a process that lost it says nothing rather
+    /// than a frozen value.
+    pub fn new(traffic: Traffic, consumer: &str, destination_template: String, partition: Option<u32>) -> Self {
         let meter = global::meter("projector");
+        let active = Arc::new(AtomicBool::new(true));
+        let mut labels = vec![KeyValue::new(CQRS_SIDE, SIDE)];
+        labels.extend(partition.map(|p| KeyValue::new("cqrs.projection.partition", i64::from(p))));
+        let labels: Arc<[KeyValue]> = Arc::from(labels);
         let pending = Arc::new(AtomicU64::new(0));
         let checkpoints: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        let observed_pending = Arc::clone(&pending);
+        let (observed_pending, is_active, attributes) =
+            (Arc::clone(&pending), Arc::clone(&active), Arc::clone(&labels));
         meter
             .u64_observable_gauge("cqrs.projection.pending")
             .with_description("Events in the log that the projector's consumer has not received yet")
             .with_callback(move |gauge| {
-                gauge.observe(observed_pending.load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)]);
+                if is_active.load(Ordering::Relaxed) {
+                    gauge.observe(observed_pending.load(Ordering::Relaxed), &attributes);
+                }
             })
             .build();
-        let observed_checkpoints = Arc::clone(&checkpoints);
+        let (observed_checkpoints, is_active, attributes) =
+            (Arc::clone(&checkpoints), Arc::clone(&active), Arc::clone(&labels));
         meter
             .u64_observable_gauge("cqrs.projection.checkpoint")
             .with_description("The last event-log position each projection has applied")
             .with_callback(move |gauge| {
+                if !is_active.load(Ordering::Relaxed) {
+                    return;
+                }
                 for projection in Projection::ALL {
-                    gauge.observe(
-                        observed_checkpoints[index(projection)].load(Ordering::Relaxed),
-                        &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("projection.name", projection.name())],
-                    );
+                    let mut attributes = attributes.to_vec();
+                    attributes.push(KeyValue::new("projection.name", projection.name()));
+                    gauge.observe(observed_checkpoints[index(projection)].load(Ordering::Relaxed), &attributes);
                 }
             })
             .build();
         let staleness_ms = Arc::new(AtomicU64::new(0));
         if traffic == Traffic::Live {
-            let observed = Arc::clone(&staleness_ms);
+            let (observed, is_active, attributes) =
+                (Arc::clone(&staleness_ms), Arc::clone(&active), Arc::clone(&labels));
             meter
                 .u64_observable_gauge("cqrs.projection.staleness")
                 .with_description(
@@ -146,7 +164,9 @@ impl ProjectionTelemetry {
                      caught up): grows while the projector is stalled, unlike the lag of applied events",
                 )
                 .with_callback(move |gauge| {
-                    gauge.observe(observed.load(Ordering::Relaxed), &[KeyValue::new(CQRS_SIDE, SIDE)])
+                    if is_active.load(Ordering::Relaxed) {
+                        gauge.observe(observed.load(Ordering::Relaxed), &attributes)
+                    }
                 })
                 .build();
         }
@@ -207,6 +227,7 @@ impl ProjectionTelemetry {
             high_water: Arc::new(Default::default()),
             staleness_ms,
             replay,
+            active,
         }
     }
 }
@@ -219,6 +240,12 @@ fn index(projection: Projection) -> usize {
 }
 
 impl ProjectionTelemetry {
+    /// Whether this process projects the partition now: only then do its
+    /// gauges report.
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Relaxed);
+    }
+
     /// Records the consumer's pending count.
     pub fn set_pending(&self, pending: u64) {
         self.pending.store(pending, Ordering::Relaxed);

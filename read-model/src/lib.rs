@@ -5,13 +5,17 @@
 //! One code path serves both stores through sqlx's `Any` driver: the SQL is
 //! portable (`$N` parameters work on both), only the migrations differ.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
     AnyPool, AssertSqlSafe, Row,
     any::{AnyPoolOptions, AnyRow},
     migrate::Migrator,
 };
+
+mod leases;
+
+pub use leases::PartitionLeases;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -35,6 +39,17 @@ pub enum StoreError {
     /// Another writer moved a projection's checkpoint during this batch.
     #[error("projection {0}'s checkpoint moved under this batch")]
     CheckpointMoved(&'static str),
+    /// The read model is laid out in another number of partitions than the
+    /// projector was started with (or was re-laid out under it).
+    #[error(
+        "the read model is projected in {found} partition(s), not {wanted}: run `projector rebuild` with \
+         PROJECTOR_PARTITIONS={wanted} to re-lay it out (docs/scaling.md)"
+    )]
+    Partitions { found: u32, wanted: u32 },
+    /// What was asked needs PostgreSQL (SQLite is one local file, for one
+    /// projector process).
+    #[error("{0} need(s) PostgreSQL as the read store")]
+    NeedsPostgres(&'static str),
     /// A row holds a value this version does not know.
     #[error("read store holds an unexpected value: {0}")]
     Corrupt(String),
@@ -204,6 +219,68 @@ impl Checkpoints {
     pub fn min(&self) -> u64 {
         self.account_summary.min(self.account_history)
     }
+
+    /// Per projection, the lowest of `all` (0 if `all` is empty).
+    pub fn lowest<'a>(all: impl IntoIterator<Item = &'a Checkpoints>) -> Checkpoints {
+        all.into_iter()
+            .copied()
+            .reduce(|a, b| Checkpoints {
+                account_summary: a.account_summary.min(b.account_summary),
+                account_history: a.account_history.min(b.account_history),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The partition of the accounts that `account_id` belongs to, of
+/// `partitions` (at least 1): FNV-1a of the id's bytes, modulo the count.
+/// Part of the read model's layout: changing it means a rebuild.
+pub fn partition_of(account_id: &str, partitions: u32) -> u32 {
+    fnv1a(account_id) % partitions.max(1)
+}
+
+/// 32-bit FNV-1a: stable across versions and platforms, unlike std's hasher.
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
+}
+
+/// How far the read model is: every partition's checkpoints. Partition `k`
+/// at position `p` means every event of its accounts up to `p` is applied
+/// (each partition's projector reads the whole log in order and moves its
+/// checkpoint over the other partitions' events too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Indexed by partition.
+    partitions: Vec<Checkpoints>,
+}
+
+impl Progress {
+    /// How many partitions the read model is projected in.
+    pub fn partitions(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    /// Partition `index`'s checkpoints (0 for a partition it does not have).
+    pub fn partition(&self, index: u32) -> Checkpoints {
+        self.partitions.get(index as usize).copied().unwrap_or_default()
+    }
+
+    /// How far `projection` has applied the events of `account_id`: its
+    /// partition's checkpoint.
+    pub fn of_account(&self, projection: Projection, account_id: &str) -> u64 {
+        self.partition(partition_of(account_id, self.partitions())).get(projection)
+    }
+
+    /// How far `projection` has applied the events of every account: the
+    /// lowest partition's checkpoint.
+    pub fn of_all(&self, projection: Projection) -> u64 {
+        Checkpoints::lowest(&self.partitions).get(projection)
+    }
+
+    /// Whether nothing has been applied yet, in any partition.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.iter().all(|c| c.account_summary == 0 && c.account_history == 0)
+    }
 }
 
 /// A connection pool to the read store.
@@ -265,6 +342,17 @@ impl ReadStore {
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Joins the projector deployment `name` on a connection of its own,
+    /// to lease partitions (PostgreSQL only: see [`PartitionLeases`]).
+    pub async fn join_leases(&self, name: &str) -> Result<PartitionLeases, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Err(StoreError::NeedsPostgres("partition leases (several projector processes)"));
+        }
+        // Detached: the locks live as long as this connection, not the pool's.
+        let connection = self.pool.acquire().await?.detach();
+        PartitionLeases::join(connection, name).await
     }
 
     /// Closes every connection (waits for checked-out ones).
@@ -347,9 +435,9 @@ impl ReadStore {
         rows.iter().map(history_row).collect()
     }
 
-    /// The last position each projection has applied.
-    pub async fn checkpoints(&self) -> Result<Checkpoints, StoreError> {
-        read_checkpoints(&self.pool).await
+    /// The last position each projection has applied, per partition.
+    pub async fn progress(&self) -> Result<Progress, StoreError> {
+        read_progress(&self.pool).await
     }
 
     /// Every dead letter, in log order.
@@ -379,31 +467,43 @@ impl ReadStore {
 // === impl ReadStore: writes (projector) ===
 
 impl ReadStore {
-    /// Starts a batch: everything written through it, checkpoints
-    /// included, commits atomically or not at all.
-    pub async fn begin(&self) -> Result<ProjectionBatch, StoreError> {
+    /// Starts a batch of the partitions `owned` (of `partitions`):
+    /// everything written through it, checkpoints included, commits
+    /// atomically or not at all.
+    pub async fn begin(&self, owned: &[u32], partitions: u32) -> Result<ProjectionBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Sqlite {
             // Take the write lock now rather than on the first write, so a
             // concurrent writer waits here instead of failing mid-batch.
             sqlx::query("UPDATE projection_checkpoints SET position = position WHERE 0 = 1").execute(&mut *tx).await?;
         } else {
-            // Serialise writers (the projector and a concurrent rebuild).
-            sqlx::query("SELECT position FROM projection_checkpoints FOR UPDATE").fetch_all(&mut *tx).await?;
+            // Serialise the writers of a partition (its projector, one that
+            // lost the partition's lease but has not noticed yet, a rebuild);
+            // other partitions' projectors go on in parallel.
+            let sql = format!(
+                "SELECT position FROM projection_checkpoints WHERE partition_index IN ({}) FOR UPDATE",
+                list_placeholders(self.backend, owned.len())
+            );
+            // Dynamic only in the number of placeholders.
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for partition in owned {
+                query = query.bind(*partition as i32);
+            }
+            query.fetch_all(&mut *tx).await?;
         }
-        let checkpoints = read_checkpoints(&mut *tx).await?;
-        Ok(ProjectionBatch { tx, backend: self.backend, checkpoints, original: checkpoints })
+        let progress = read_progress(&mut *tx).await?;
+        if progress.partitions() != partitions {
+            return Err(StoreError::Partitions { found: progress.partitions(), wanted: partitions });
+        }
+        let checkpoints: BTreeMap<u32, Checkpoints> = owned.iter().map(|p| (*p, progress.partition(*p))).collect();
+        Ok(ProjectionBatch { tx, backend: self.backend, original: checkpoints.clone(), checkpoints })
     }
 
-    /// Empties `projection` and sets its checkpoint to 0, so that it is
+    /// Empties `projection` and sets its checkpoints to 0, so that it is
     /// replayed from the start of the log.
     pub async fn reset(&self, projection: Projection) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let delete = match projection {
-            Projection::AccountSummary => "DELETE FROM account_summary",
-            Projection::AccountHistory => "DELETE FROM account_history",
-        };
-        sqlx::query(delete).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", projection.name()))).execute(&mut *tx).await?;
         sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE projection = $1")
             .bind(projection.name())
             .execute(&mut *tx)
@@ -411,25 +511,55 @@ impl ReadStore {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Lays the read model out in `partitions` partitions. Unless it already
+    /// is, every projection is emptied and starts over (a rebuild).
+    pub async fn repartition(&self, partitions: u32) -> Result<(), StoreError> {
+        let partitions = partitions.max(1);
+        let mut tx = self.pool.begin().await?;
+        if read_progress(&mut *tx).await?.partitions() == partitions {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM projection_checkpoints").execute(&mut *tx).await?;
+        for projection in Projection::ALL {
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", projection.name()))).execute(&mut *tx).await?;
+            for partition in 0..partitions {
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (projection, partition_index, position) VALUES ($1, $2, 0)",
+                )
+                .bind(projection.name())
+                .bind(partition as i32)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
-/// Writes of one batch of events, in one transaction.
+/// Writes of one batch of events to some partitions, in one transaction.
 pub struct ProjectionBatch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
-    checkpoints: Checkpoints,
-    original: Checkpoints,
+    /// Per owned partition, the checkpoints as of this batch.
+    checkpoints: BTreeMap<u32, Checkpoints>,
+    original: BTreeMap<u32, Checkpoints>,
 }
 
 impl ProjectionBatch {
-    /// The checkpoints as of this batch (including its own advances).
-    pub fn checkpoints(&self) -> Checkpoints {
-        self.checkpoints
+    /// The checkpoints of every partition of the batch, as of this batch
+    /// (including its own advances).
+    pub fn checkpoints(&self) -> &BTreeMap<u32, Checkpoints> {
+        &self.checkpoints
     }
 
-    /// Records that `projection` has applied everything up to `position`.
-    pub fn advance(&mut self, projection: Projection, position: u64) {
-        self.checkpoints.set(projection, position);
+    /// Records that `projection` has applied everything of `partition` up
+    /// to `position`.
+    pub fn advance(&mut self, projection: Projection, partition: u32, position: u64) {
+        if let Some(checkpoints) = self.checkpoints.get_mut(&partition) {
+            checkpoints.set(projection, position);
+        }
     }
 
     /// The summary rows of `account_ids` (those that exist), as of this
@@ -552,20 +682,26 @@ impl ProjectionBatch {
     /// Writes the advanced checkpoints and commits. Fails (and rolls back)
     /// if another writer moved a checkpoint since [`ReadStore::begin`].
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        for projection in Projection::ALL {
-            let (old, new) = (self.original.get(projection), self.checkpoints.get(projection));
-            if old == new {
-                continue;
-            }
-            let updated =
-                sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE projection = $2 AND position = $3")
-                    .bind(to_i64(new))
-                    .bind(projection.name())
-                    .bind(to_i64(old))
-                    .execute(&mut *self.tx)
-                    .await?;
-            if updated.rows_affected() != 1 {
-                return Err(StoreError::CheckpointMoved(projection.name()));
+        for (partition, checkpoints) in &self.checkpoints {
+            let original = self.original.get(partition).copied().unwrap_or_default();
+            for projection in Projection::ALL {
+                let (old, new) = (original.get(projection), checkpoints.get(projection));
+                if old == new {
+                    continue;
+                }
+                let updated = sqlx::query(
+                    "UPDATE projection_checkpoints SET position = $1 \
+                     WHERE projection = $2 AND partition_index = $3 AND position = $4",
+                )
+                .bind(to_i64(new))
+                .bind(projection.name())
+                .bind(*partition as i32)
+                .bind(to_i64(old))
+                .execute(&mut *self.tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    return Err(StoreError::CheckpointMoved(projection.name()));
+                }
             }
         }
         self.tx.commit().await?;
@@ -631,19 +767,26 @@ async fn select_accounts(
     Ok(found)
 }
 
-async fn read_checkpoints<'e, E>(executor: E) -> Result<Checkpoints, StoreError>
+async fn read_progress<'e, E>(executor: E) -> Result<Progress, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let rows = sqlx::query("SELECT projection, position FROM projection_checkpoints").fetch_all(executor).await?;
-    let mut checkpoints = Checkpoints::default();
+    let rows = sqlx::query("SELECT projection, partition_index, position FROM projection_checkpoints")
+        .fetch_all(executor)
+        .await?;
+    let mut progress = Progress::default();
     for row in rows {
         let name: String = row.try_get("projection")?;
+        let partition = usize::try_from(row.try_get::<i32, _>("partition_index")?)
+            .map_err(|_| StoreError::Corrupt("a negative partition index".into()))?;
+        if progress.partitions.len() <= partition {
+            progress.partitions.resize(partition + 1, Checkpoints::default());
+        }
         if let Ok(projection) = name.parse::<Projection>() {
-            checkpoints.set(projection, to_u64(row.try_get("position")?));
+            progress.partitions[partition].set(projection, to_u64(row.try_get("position")?));
         }
     }
-    Ok(checkpoints)
+    Ok(progress)
 }
 
 fn account_row(row: &AnyRow) -> Result<AccountRow, StoreError> {
@@ -690,6 +833,31 @@ mod tests {
         assert_eq!(placeholders(Backend::Postgres, 2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(list_placeholders(Backend::Postgres, 3), "$1, $2, $3");
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread_accounts() {
+        // Part of the stored layout: these values must never change. FNV-1a
+        // of "a" is 0xe40c292c, of "b" 0xe70c2de5 (the published vectors).
+        assert_eq!(partition_of("anything", 1), 0);
+        assert_eq!(partition_of("anything", 0), 0);
+        assert_eq!([partition_of("a", 4), partition_of("b", 4), partition_of("acc-1", 16)], [0, 1, 12]);
+        let mut counts = [0; 4];
+        for n in 0..4000 {
+            counts[partition_of(&format!("acc-{n}"), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn progress_of_an_account_is_its_partitions_and_of_all_the_lowest() {
+        let at = |position| Checkpoints { account_summary: position, account_history: position };
+        let progress = Progress { partitions: vec![at(10), at(7), at(12), at(9)] };
+        let id = (0..).map(|n| format!("acc-{n}")).find(|id| partition_of(id, 4) == 2).unwrap_or_default();
+        assert_eq!(progress.of_account(Projection::AccountSummary, &id), 12);
+        assert_eq!(progress.of_all(Projection::AccountHistory), 7);
+        assert!(!progress.is_empty());
+        assert_eq!(Progress::default().of_all(Projection::AccountSummary), 0);
     }
 
     #[test]

@@ -57,10 +57,12 @@ impl Queries {
     }
 
     /// Waits (at most the server's maximum or `deadline`) until
-    /// `projection` has applied `min_position`; 0 means "as it is".
+    /// `projection` has applied `min_position` for `account` (every account
+    /// if `None`); 0 means "as it is".
     async fn consistent(
         &self,
         projection: Projection,
+        account: Option<&AccountId>,
         min_position: u64,
         deadline: Option<Duration>,
     ) -> Result<Consistency, QueryError> {
@@ -68,7 +70,9 @@ impl Queries {
             return Ok(Consistency::default());
         }
         let limit = deadline.map_or(self.max_wait, |deadline| deadline.min(self.max_wait));
-        let waited = self.freshness.wait_for(projection, min_position, limit).await.map_err(QueryError::Behind)?;
+        let account = account.map(AccountId::as_str);
+        let waited =
+            self.freshness.wait_for(projection, account, min_position, limit).await.map_err(QueryError::Behind)?;
         Ok(Consistency { waited: Some(waited) })
     }
 
@@ -79,7 +83,7 @@ impl Queries {
         min_position: u64,
         deadline: Option<Duration>,
     ) -> Result<(AccountRow, Consistency), QueryError> {
-        let consistency = self.consistent(Projection::AccountSummary, min_position, deadline).await?;
+        let consistency = self.consistent(Projection::AccountSummary, Some(id), min_position, deadline).await?;
         let account = self.lookups.account(id.as_str()).await?.ok_or_else(|| QueryError::NotFound(id.to_string()))?;
         Ok((account, consistency))
     }
@@ -98,7 +102,8 @@ impl Queries {
             Some(PageCursor::AfterAccount(id)) => Some(id),
             _ => None,
         };
-        let consistency = self.consistent(Projection::AccountSummary, min_position, deadline).await?;
+        // A list reads every partition: it waits for all of them.
+        let consistency = self.consistent(Projection::AccountSummary, None, min_position, deadline).await?;
         let mut rows = self.store.accounts(after.as_deref(), owner.as_deref(), size.get() + 1).await?;
         let next = self.next_page(&page, &mut rows, size, |row| PageCursor::AfterAccount(row.account_id.clone()));
         Ok((Paged { rows, next_page_token: next }, consistency))
@@ -118,7 +123,7 @@ impl Queries {
             Some(PageCursor::AfterVersion(version)) => version,
             _ => 0,
         };
-        let consistency = self.consistent(Projection::AccountHistory, min_position, deadline).await?;
+        let consistency = self.consistent(Projection::AccountHistory, Some(id), min_position, deadline).await?;
         let mut rows = self.store.history(id.as_str(), after, size.get() + 1).await?;
         if rows.is_empty() && after == 0 {
             return Err(QueryError::NotFound(id.to_string()));

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use read_model::{Checkpoints, Projection, ReadStore};
+use read_model::{Progress, Projection, ReadStore};
 use tokio::sync::{Notify, watch};
 
 const BUSY_POLL: Duration = Duration::from_millis(2);
@@ -20,7 +20,7 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// The read model's progress, shared by all queries.
 #[derive(Clone)]
 pub struct Freshness {
-    checkpoints: watch::Receiver<Checkpoints>,
+    progress: watch::Receiver<Progress>,
     waiters: Arc<AtomicUsize>,
     wake: Arc<Notify>,
 }
@@ -38,17 +38,17 @@ impl Freshness {
     /// Starts the watcher over `store`; it stops when every `Freshness`
     /// clone is dropped.
     pub fn watch(store: ReadStore) -> Self {
-        let (sender, checkpoints) = watch::channel(Checkpoints::default());
+        let (sender, progress) = watch::channel(Progress::default());
         let waiters = Arc::new(AtomicUsize::new(0));
         let wake = Arc::new(Notify::new());
-        let freshness = Self { checkpoints, waiters: Arc::clone(&waiters), wake: Arc::clone(&wake) };
+        let freshness = Self { progress, waiters: Arc::clone(&waiters), wake: Arc::clone(&wake) };
         tokio::spawn(async move {
             loop {
-                match store.checkpoints().await {
-                    Ok(checkpoints) => {
+                match store.progress().await {
+                    Ok(progress) => {
                         sender.send_if_modified(|current| {
-                            let changed = *current != checkpoints;
-                            *current = checkpoints;
+                            let changed = *current != progress;
+                            *current = progress;
                             changed
                         });
                     }
@@ -67,22 +67,32 @@ impl Freshness {
         freshness
     }
 
-    /// Waits until `projection` has applied `position`, for at most `limit`.
-    /// Returns how long it waited.
-    pub async fn wait_for(&self, projection: Projection, position: u64, limit: Duration) -> Result<Duration, Behind> {
+    /// Waits until `projection` has applied `position` for `account` (its
+    /// partition), or for every account when `None` (every partition), for
+    /// at most `limit`. Returns how long it waited.
+    pub async fn wait_for(
+        &self,
+        projection: Projection,
+        account: Option<&str>,
+        position: u64,
+        limit: Duration,
+    ) -> Result<Duration, Behind> {
         let started = Instant::now();
-        let reached = |checkpoints: &Checkpoints| checkpoints.get(projection) >= position;
-        if reached(&self.checkpoints.borrow()) {
+        let applied = |progress: &Progress| match account {
+            Some(account) => progress.of_account(projection, account),
+            None => progress.of_all(projection),
+        };
+        if applied(&self.progress.borrow()) >= position {
             return Ok(Duration::ZERO);
         }
         let _waiting = Waiting::new(&self.waiters);
         self.wake.notify_one();
-        let mut checkpoints = self.checkpoints.clone();
-        match tokio::time::timeout(limit, checkpoints.wait_for(reached)).await {
+        let mut progress = self.progress.clone();
+        match tokio::time::timeout(limit, progress.wait_for(|progress| applied(progress) >= position)).await {
             Ok(Ok(_)) => Ok(started.elapsed()),
             _ => Err(Behind {
                 projection,
-                reached: self.checkpoints.borrow().get(projection),
+                reached: applied(&self.progress.borrow()),
                 wanted: position,
                 waited: started.elapsed(),
             }),

@@ -120,7 +120,7 @@ mod tests {
     async fn concurrent_lookups_each_get_their_own_account_or_none() {
         let folder = tempfile::tempdir().unwrap();
         let store = ReadStore::connect(&format!("sqlite://{}/read.db", folder.path().display()), 2).await.unwrap();
-        let mut batch = store.begin().await.unwrap();
+        let mut batch = store.begin(&[0], 1).await.unwrap();
         batch.upsert_accounts(&(0..50).map(row).collect::<Vec<_>>()).await.unwrap();
         batch.commit().await.unwrap();
         let lookups = AccountLookups::new(store.clone(), 2);

@@ -6,4 +6,4 @@ pub mod projections;
 mod record;
 
 pub use projections::ProjectionError;
-pub use record::{EventRecord, RecordError};
+pub use record::{EventRecord, RecordError, account_of_subject};

@@ -33,6 +33,14 @@ pub enum RecordError {
     Decode(#[from] shared::events::DecodeError),
 }
 
+/// The account of an account subject (`<subject_prefix>.account.<id>`).
+pub fn account_of_subject<'s>(subject: &'s str, subject_prefix: &str) -> Option<&'s str> {
+    subject
+        .strip_prefix(subject_prefix)
+        .and_then(|rest| rest.strip_prefix(".account."))
+        .filter(|id| !id.is_empty() && !id.contains('.'))
+}
+
 impl EventRecord {
     /// Reads the message at `position` on `subject` (the account subjects
     /// begin with `subject_prefix`). `header` looks a header up by name.
@@ -43,11 +51,8 @@ impl EventRecord {
         header: impl Fn(&str) -> Option<&'a str>,
         payload: &[u8],
     ) -> Result<Self, RecordError> {
-        let account_id = subject
-            .strip_prefix(subject_prefix)
-            .and_then(|rest| rest.strip_prefix(".account."))
-            .filter(|id| !id.is_empty() && !id.contains('.'))
-            .ok_or_else(|| RecordError::Subject(subject.to_owned()))?;
+        let account_id =
+            account_of_subject(subject, subject_prefix).ok_or_else(|| RecordError::Subject(subject.to_owned()))?;
         let required = |name: &'static str| header(name).ok_or(RecordError::Header { name, problem: "missing".into() });
         if required(headers::SUBJECT)? != account_id {
             return Err(RecordError::Header {

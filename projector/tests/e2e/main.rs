@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod helpers;
 mod hostile;
+mod partitions;
 mod poison;
 mod promql;
 mod queries;

@@ -49,3 +49,47 @@ async fn rebuild_replays_a_projection_into_the_same_read_model(store: Store) {
     let next = stack.deposit("acc-0", 1).await;
     assert_eq!(stack.account("acc-0", next.position).await.balance, before[0].0.balance + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_partition_count_is_a_rebuild_and_a_projector_of_the_old_count_refuses_to_start() {
+    // Given a read model in one partition on PostgreSQL.
+    let mut stack = Stack::start(Store::postgres().await).await;
+    let mut last = 0;
+    for i in 0..8 {
+        let id = format!("acc-{i}");
+        stack.open(&id, "Owner").await;
+        last = stack.deposit(&id, 10 + i).await.position;
+    }
+    let before = snapshot(&stack, last).await;
+
+    // When the projector is stopped and the read model rebuilt in 4.
+    stack.projector.kill().await;
+    let output = projector_command(&stack.nats.url(), &stack.store.url())
+        .env("PROJECTOR_PARTITIONS", "4")
+        .arg("rebuild")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("laying the read model out in 4 partition(s) (was 1)"));
+
+    // Then a projector of the old count refuses, with what to do...
+    let output = projector_command(&stack.nats.url(), &stack.store.url())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "the read model is projected in 4 partition(s), not 1: run `projector rebuild` with PROJECTOR_PARTITIONS=1"
+        ),
+        "{stderr}"
+    );
+    // ...and one of the new count carries on from the same read model.
+    stack.restart_projector(&[("PROJECTOR_PARTITIONS", "4")]).await;
+    assert_eq!(snapshot(&stack, last).await, before);
+    let next = stack.deposit("acc-3", 1).await;
+    assert_eq!(stack.account("acc-3", next.position).await.balance, before[3].0.balance + 1);
+}

@@ -352,7 +352,12 @@ impl Exporting {
         let read_model = read_model::ReadStore::connect(&self.store.url(), 1).await.unwrap();
         testkit::eventually(Duration::from_secs(15), &format!("position {position} projected"), || {
             let read_model = read_model.clone();
-            async move { read_model.checkpoints().await.is_ok_and(|c| c.min() >= position) }
+            async move {
+                read_model
+                    .progress()
+                    .await
+                    .is_ok_and(|p| read_model::Projection::ALL.iter().all(|pr| p.of_all(*pr) >= position))
+            }
         })
         .await;
     }
