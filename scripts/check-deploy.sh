@@ -60,6 +60,41 @@ for overlay in deploy/k8s/overlays/*/; do
   grep -E "^Passed checks" "$out/checkov-$name.txt" || true
 done
 
+# The optional projector autoscaling (a KEDA ScaledObject) on top of prod.
+# The Kubernetes schemas do not know KEDA's kinds (a CRD, not installable
+# offline), so it is checked against the Deployment it scales instead:
+# one trigger per partition's consumer, no more replicas than partitions.
+step "kustomize prod + components/projector-autoscaling"
+mkdir -p "$out/autoscaling"
+cat > "$out/autoscaling/kustomization.yaml" <<KUSTOMIZATION
+resources:
+  - $PWD/deploy/k8s/overlays/prod
+components:
+  - $PWD/deploy/k8s/components/projector-autoscaling
+KUSTOMIZATION
+"$tools/kubectl" kustomize "$out/autoscaling" > "$out/autoscaling.yaml"
+"$tools/python" - "$out/autoscaling.yaml" "$out/autoscaling-core.yaml" <<'PYTHON'
+import sys, yaml
+documents = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+scaled = [d for d in documents if d["kind"] == "ScaledObject"]
+assert len(scaled) == 1, "one ScaledObject"
+spec = scaled[0]["spec"]
+target = [d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == spec["scaleTargetRef"]["name"]]
+assert target, f"the ScaledObject scales {spec['scaleTargetRef']['name']}, which is not a Deployment here"
+env = {e["name"]: e.get("value") for e in target[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+shared = [d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("cqrs-config")]
+partitions, consumer = int(shared[0]["data"]["PROJECTOR_PARTITIONS"]), env["PROJECTOR_CONSUMER"]
+wanted = sorted(f"{consumer}-{k}-of-{partitions}" for k in range(partitions))
+found = sorted(t["metadata"]["consumer"] for t in spec["triggers"])
+assert found == wanted, f"the triggers watch {found}, the projector's consumers are {wanted}"
+assert spec["maxReplicaCount"] <= partitions, "more projector replicas than partitions would sit idle"
+yaml.safe_dump_all([d for d in documents if d["kind"] != "ScaledObject"], open(sys.argv[2], "w"))
+PYTHON
+report="$("$tools/kubernetes-validate" --strict --quiet "$out/autoscaling-core.yaml" 2>&1)" || { echo "$report"; exit 1; }
+if [[ -n $report ]]; then echo "$report"; exit 1; fi
+"$tools/checkov" --framework kubernetes --skip-download --quiet --compact -f "$out/autoscaling.yaml" > "$out/checkov-autoscaling.txt" 2>&1 ||
+  { cat "$out/checkov-autoscaling.txt"; exit 1; }
+
 rules=deploy/k8s/base/observability/prometheus/rules
 step "promtool check config"
 # The config names its rule files by their path in the container; check it

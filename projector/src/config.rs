@@ -35,6 +35,11 @@ pub enum Command {
         /// all of them if omitted.
         #[arg(long)]
         projection: Option<Projection>,
+        /// Re-lay the read model out in PROJECTOR_PARTITIONS partitions when
+        /// it is projected in another count (every projection is rebuilt;
+        /// stop the projectors of the old count first).
+        #[arg(long)]
+        repartition: bool,
     },
 }
 

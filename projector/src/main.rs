@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
             Ok(app) => app.run_until_stopped(shared::shutdown::signal()).await,
             Err(error) => Err(error),
         },
-        Command::Rebuild { projection } => run_rebuild(cli.config, projection).await,
+        Command::Rebuild { projection, repartition } => run_rebuild(cli.config, projection, repartition).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,17 +39,22 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run_rebuild(config: projector::config::Config, projection: Option<Projection>) -> Result<(), ProjectorError> {
+async fn run_rebuild(
+    config: projector::config::Config,
+    projection: Option<Projection>,
+    repartition: bool,
+) -> Result<(), ProjectorError> {
     let projections = projection.map_or_else(|| Projection::ALL.to_vec(), |p| vec![p]);
     let stream = try_connect_event_log(&config).await?;
     let store = ReadStore::connect(config.read_store_url.expose(), 2).await?;
     let partitions = config.partitions.get();
     let laid_out = store.progress().await?.partitions();
     if laid_out != partitions {
-        if projection.is_some() {
+        if !repartition || projection.is_some() {
             return Err(ProjectorError::Settings(format!(
-                "the read model is projected in {laid_out} partition(s): changing it to {partitions} rebuilds every \
-                 projection (omit --projection)"
+                "the read model is projected in {laid_out} partition(s), PROJECTOR_PARTITIONS is {partitions}: to \
+                 re-lay it out, stop the projectors and run `projector rebuild --repartition` (every projection \
+                 is rebuilt; no --projection)"
             )));
         }
         println!("laying the read model out in {partitions} partition(s) (was {laid_out})");

@@ -23,6 +23,14 @@ pub struct NatsArgs {
     #[arg(long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// How long a connection may stay silent before the client pings the
+    /// server; three silent intervals and it leaves for another server. A
+    /// frozen server (or a cut network) keeps its TCP connection open, so
+    /// this is what notices it. Any traffic resets it: a busy connection
+    /// never pings.
+    #[arg(long = "nats-ping-interval", env = "NATS_PING_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
     /// A NATS credentials file (`.creds`: user JWT and nkey seed).
     #[arg(long = "nats-creds-file", env = "NATS_CREDS_FILE")]
     pub creds_file: Option<PathBuf>,
@@ -68,7 +76,7 @@ impl NatsArgs {
             })?,
             None => async_nats::ConnectOptions::new(),
         };
-        options = options.name(name);
+        options = options.name(name).ping_interval(self.ping_interval);
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.user_and_password(user.clone(), password.expose().to_owned());
         }

@@ -13,6 +13,8 @@ use crate::{eventually, free_port, spawn_nats_server};
 struct Node {
     name: String,
     port: u16,
+    /// The monitoring endpoint's port (`/connz`).
+    monitor: u16,
     config: PathBuf,
     child: Option<Child>,
 }
@@ -33,13 +35,13 @@ impl NatsCluster {
         let mut nodes = Vec::new();
         for (index, route) in routes.iter().enumerate() {
             let name = format!("n{index}");
-            let port = free_port();
+            let (port, monitor) = (free_port(), free_port());
             let store = dir.path().join(&name);
             let config = dir.path().join(format!("{name}.conf"));
             std::fs::write(
                 &config,
                 format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
+                    "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
                      jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
                      cluster {{ name: test, listen: 127.0.0.1:{route}, no_advertise: true, routes: [{}] }}\n",
                     store.display(),
@@ -47,7 +49,7 @@ impl NatsCluster {
                 ),
             )
             .expect("write the server config");
-            nodes.push(Node { name, port, config, child: None });
+            nodes.push(Node { name, port, monitor, config, child: None });
         }
         let mut cluster = Self { nodes, _dir: dir };
         for index in 0..size {
@@ -84,6 +86,22 @@ impl NatsCluster {
         let client = async_nats::connect(self.url().split(',').map(str::to_owned).collect::<Vec<_>>()).await.ok()?;
         let mut stream = async_nats::jetstream::new(client).get_stream(stream).await.ok()?;
         stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+    }
+
+    /// The running servers that a client named `client` (its CONNECT name)
+    /// is connected to, from each server's `/connz`.
+    pub async fn servers_with_client(&self, client: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for node in self.nodes.iter().filter(|node| node.child.is_some()) {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.monitor));
+            let Some((200, body)) = crate::prometheus::get(addr, "/connz").await else { continue };
+            let connz: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+            if connections.iter().any(|connection| connection["name"] == client) {
+                found.push(node.name.clone());
+            }
+        }
+        found
     }
 
     /// SIGKILLs server `name` and waits for it to exit.

@@ -29,6 +29,7 @@ use shared::{
     propagation,
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::sync::watch;
 
 use crate::domain::{Account, AccountId, AccountStatus, CommandId};
 
@@ -54,6 +55,10 @@ pub enum EventLogError {
     /// JetStream did not answer in time. The append's outcome is unknown.
     #[error("JetStream did not answer within {0:?}")]
     TimedOut(Duration),
+    /// The NATS connection dropped while an append awaited its
+    /// acknowledgement. The append's outcome is unknown.
+    #[error("the NATS connection was lost before JetStream acknowledged the append")]
+    ConnectionLost,
     /// Someone appended to the account since its state was loaded.
     #[error("the account's event log moved on since its state was loaded")]
     Conflict,
@@ -135,6 +140,9 @@ pub struct EventLog {
     subject_template: String,
     direct_get_subject: String,
     source: &'static str,
+    /// Counts the client's disconnects (fed by its event callback), if
+    /// known: see [`Self::failing_appends_on`].
+    disconnects: Option<watch::Receiver<u64>>,
 }
 
 impl EventLog {
@@ -212,7 +220,18 @@ impl EventLog {
             timeout,
             tracer: global::tracer("write-service"),
             source: "write-service",
+            disconnects: None,
         })
+    }
+
+    /// Makes an append in flight fail as soon as `disconnects` (a count of
+    /// the client's disconnects) moves, instead of when
+    /// `NATS_REQUEST_TIMEOUT` passes: its acknowledgement can never arrive
+    /// on the new connection, and the client's retry, with the same
+    /// `command_id`, lands on a live server at once (docs/scaling.md).
+    pub fn failing_appends_on(mut self, disconnects: watch::Receiver<u64>) -> Self {
+        self.disconnects = Some(disconnects);
+        self
     }
 
     /// Whether the NATS connection is up right now.
@@ -432,8 +451,25 @@ impl EventLog {
             PublishErrorKind::BrokenPipe => EventLogError::Disconnected,
             _ => EventLogError::Request(error.to_string()),
         };
+        let mut disconnects = self.disconnects.clone();
+        if let Some(disconnects) = &mut disconnects {
+            disconnects.mark_unchanged();
+        }
         let ack = self.jetstream.send_publish(subject, publish).await.map_err(to_error)?;
-        ack.await.map_err(to_error)
+        let lost = async {
+            let changed = match &mut disconnects {
+                Some(disconnects) => disconnects.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                // Not watched, or its sender is gone: only the timeout applies.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            ack = ack => ack.map_err(to_error),
+            () = lost => Err(EventLogError::ConnectionLost),
+        }
     }
 
     /// The version recorded with the event at `position`.
@@ -506,6 +542,7 @@ pub fn error_type(error: &EventLogError) -> &'static str {
         EventLogError::NotReady => "not_ready",
         EventLogError::Disconnected => "disconnected",
         EventLogError::TimedOut(_) => "timeout",
+        EventLogError::ConnectionLost => "connection_lost",
         EventLogError::Conflict => "conflict",
         EventLogError::Unreadable { .. } => "unreadable_event",
         EventLogError::ServerTooOld { .. } => "server_too_old",

@@ -96,6 +96,7 @@ impl Application {
 async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: HealthReporter) {
     let callback_accounts = accounts.clone();
     let callback_reporter = reporter.clone();
+    let (disconnected, disconnects) = tokio::sync::watch::channel(0u64);
     let options = match config.nats.connect_options("write-service").await {
         Ok(options) => options,
         Err(error) => {
@@ -106,6 +107,10 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
     let options = options.retry_on_initial_connect().max_reconnects(None).event_callback(move |event| {
         let accounts = callback_accounts.clone();
         let reporter = callback_reporter.clone();
+        if matches!(event, Event::Disconnected) {
+            // Before anything awaits: appends in flight fail at once.
+            disconnected.send_modify(|count| *count += 1);
+        }
         async move {
             match event {
                 Event::Connected => {
@@ -135,7 +140,8 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
     let log = retry::until_ok("the event log", || {
         EventLog::open(client.clone(), config.event_log.clone(), &settings, config.nats.request_timeout)
     })
-    .await;
+    .await
+    .failing_appends_on(disconnects);
     let Some(accounts) = accounts.upgrade() else { return };
     let connected = log.is_connected();
     accounts.attach(log);

@@ -62,14 +62,18 @@ async fn changing_the_partition_count_is_a_rebuild_and_a_projector_of_the_old_co
     }
     let before = snapshot(&stack, last).await;
 
-    // When the projector is stopped and the read model rebuilt in 4.
+    // When the projector is stopped and the read model rebuilt in 4 (which
+    // takes saying so).
     stack.projector.kill().await;
-    let output = projector_command(&stack.nats.url(), &stack.store.url())
-        .env("PROJECTOR_PARTITIONS", "4")
-        .arg("rebuild")
-        .output()
-        .await
-        .unwrap();
+    let rebuild = |args: &[&str]| {
+        let mut command = projector_command(&stack.nats.url(), &stack.store.url());
+        command.env("PROJECTOR_PARTITIONS", "4").arg("rebuild").args(args);
+        command
+    };
+    let output = rebuild(&[]).output().await.unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("run `projector rebuild --repartition`"));
+    let output = rebuild(&["--repartition"]).output().await.unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("laying the read model out in 4 partition(s) (was 1)"));
 
