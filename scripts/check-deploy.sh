@@ -66,11 +66,13 @@ done
 # one trigger per partition's consumer, no more replicas than partitions.
 step "kustomize prod + components/projector-autoscaling"
 mkdir -p "$out/autoscaling"
+# kustomize takes only relative paths to other kustomizations.
+repo="$(realpath --relative-to="$out/autoscaling" "$PWD")"
 cat > "$out/autoscaling/kustomization.yaml" <<KUSTOMIZATION
 resources:
-  - $PWD/deploy/k8s/overlays/prod
+  - $repo/deploy/k8s/overlays/prod
 components:
-  - $PWD/deploy/k8s/components/projector-autoscaling
+  - $repo/deploy/k8s/components/projector-autoscaling
 KUSTOMIZATION
 "$tools/kubectl" kustomize "$out/autoscaling" > "$out/autoscaling.yaml"
 "$tools/python" - "$out/autoscaling.yaml" "$out/autoscaling-core.yaml" <<'PYTHON'
