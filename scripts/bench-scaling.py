@@ -122,6 +122,7 @@ def main():
     parser.add_argument("--events-per-account", type=int, default=100)
     parser.add_argument("--duration", default="15s")
     parser.add_argument("--warmup", default="5s")
+    parser.add_argument("--parts", default="catchup,writes", help="what to measure: catchup, writes or both")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL",
                                                                   "postgres://postgres@127.0.0.1:5432/test"))
     args = parser.parse_args()
@@ -140,23 +141,26 @@ def main():
                                 capture_output=True, text=True, check=True)
         last = int(seeded.stdout.split(":")[1].strip(" }\n"))
         bench.log(f"seeded {last} events")
+        parts = args.parts.split(",")
         catchups = [catch_up(stack, args, last, partitions, processes)
-                    for partitions, processes in [(1, 1), (2, 1), (4, 1), (4, 2)]]
+                    for partitions, processes in [(1, 1), (2, 1), (4, 1), (4, 2)]] if "catchup" in parts else []
         stack.stop_all()
-        writes = {size: write_path(stack, args, size) for size in (1, 3)}
+        writes = {size: write_path(stack, args, size) for size in (1, 3)} if "writes" in parts else {}
     finally:
         stack.stop_all()
 
     print(f"## Scale-out figures ({os.cpu_count()} cores, {args.profile})\n")
-    print(f"Projector catch-up into PostgreSQL, {last:,} events ({args.accounts:,} accounts):\n")
-    print("| partitions | processes | events/s | vs 1 partition | projector CPU µs/event | machine CPU µs/event |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    if catchups:
+        print(f"Projector catch-up into PostgreSQL, {last:,} events ({args.accounts:,} accounts):\n")
+        print("| partitions | processes | events/s | vs 1 partition | projector CPU µs/event | machine CPU µs/event |")
+        print("|---:|---:|---:|---:|---:|---:|")
     for c in catchups:
         print(f"| {c['partitions']} | {c['processes']} | {c['rate']:,.0f} | {c['rate'] / catchups[0]['rate']:.2f}× "
               f"| {c['projector_us']:.1f} | {c['machine_us']:.1f} |")
-    print(f"\nWrite path, deposits at 64 in flight for {args.duration}, sync_interval: always:\n")
-    print("| event log | deposits/s | p50 ms | p99 ms | vs one server |")
-    print("|---|---:|---:|---:|---:|")
+    if writes:
+        print(f"\nWrite path, deposits at 64 in flight for {args.duration}, sync_interval: always:\n")
+        print("| event log | deposits/s | p50 ms | p99 ms | vs one server |")
+        print("|---|---:|---:|---:|---:|")
     for size, w in writes.items():
         label = "1 server, R1" if size == 1 else f"{size}-server cluster, R{size}"
         print(f"| {label} | {w['throughput']:,.0f} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} "

@@ -402,11 +402,12 @@ impl Projector {
                     backoff.reset();
                     set_health(&health, ServingStatus::Serving).await;
                 }
-                for message in &batch[..report.handled] {
-                    if let Err(error) = message.ack().await {
-                        // Not fatal: a redelivery is skipped by the checkpoint.
-                        tracing::debug!(%error, "ack failed");
-                    }
+                // One ack for the batch: the consumer acks all before it.
+                if let Some(last) = batch[..report.handled].last()
+                    && let Err(error) = last.ack().await
+                {
+                    // Not fatal: a redelivery is skipped by the checkpoint.
+                    tracing::debug!(%error, "ack failed");
                 }
                 if let Some(info) = batch[..report.handled].last().and_then(|m| m.info().ok()) {
                     self.telemetry.set_pending(info.pending);
@@ -470,7 +471,10 @@ impl Projector {
                 description: Some("bank projector: account_summary, account_history".into()),
                 filter_subject: self.names.all_accounts_subject(),
                 deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                ack_policy: AckPolicy::Explicit,
+                // Applied in order and acked after the commit: acking the
+                // batch's last event acks the rest (one ack per batch, not
+                // per event; a partition's consumer sees every event).
+                ack_policy: AckPolicy::All,
                 ack_wait: config.ack_wait,
                 // Never give up on an event: poison is handled here, with a
                 // dead letter, not by JetStream silently dropping it.
