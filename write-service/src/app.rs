@@ -42,6 +42,10 @@ pub struct Accepted {
     /// The type of the event this call appended; `None` when the command
     /// was a retry whose event was already in the log.
     pub produced: Option<&'static str>,
+    /// How many times this call decided the command against the account's
+    /// state: 1 with no concurrent writer, more after lost races (at most
+    /// `MAX_ATTEMPTS`); 0 for a reply replayed from memory or the log.
+    pub attempts: u32,
 }
 
 /// The write side's accounts: the event log plus two bounded caches, so
@@ -106,7 +110,7 @@ impl Accounts {
             None => (self.load(log, id, ReadFrom::AnyReplica).await?, true),
         };
 
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS as u32 {
             if fresh && let Some(accepted) = self.replay(reply_key.as_deref()) {
                 *cached = Some(loaded);
                 return Ok(accepted);
@@ -139,16 +143,16 @@ impl Accounts {
                     loaded.account = after;
                     loaded.position = position;
                     *cached = Some(loaded);
-                    let accepted = Accepted { version, position, produced: Some(event.type_name()) };
+                    let accepted = Accepted { version, position, produced: Some(event.type_name()), attempts: attempt };
                     if let Some(key) = reply_key {
-                        lock(&self.replies).put(key, Accepted { produced: None, ..accepted });
+                        lock(&self.replies).put(key, Accepted { produced: None, attempts: 0, ..accepted });
                     }
                     return Ok(accepted);
                 }
                 // Our state did not include that event: leave the slot
                 // empty so the next command reloads.
                 Ok(Appended::Duplicate { position, version }) => {
-                    return Ok(Accepted { version, position, produced: None });
+                    return Ok(Accepted { version, position, produced: None, attempts: attempt });
                 }
                 Err(EventLogError::Conflict) => (loaded, fresh) = (self.load(log, id, ReadFrom::Leader).await?, true),
                 // The append may or may not have happened: the slot stays
@@ -190,7 +194,8 @@ impl Accounts {
         let (loaded, commands) = loaded.map_err(|error| CommandError::from_log(id, error))?;
         let mut replies = lock(&self.replies);
         for command in commands {
-            let accepted = Accepted { version: command.version, position: command.position, produced: None };
+            let accepted =
+                Accepted { version: command.version, position: command.position, produced: None, attempts: 0 };
             replies.put(reply_key(id, &command.command_id), accepted);
         }
         Ok(loaded)

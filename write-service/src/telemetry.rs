@@ -1,6 +1,6 @@
 //! The write side's own telemetry: the `command.<Type>` span and the
-//! command metrics (`cqrs.command.duration`, `cqrs.command.total`,
-//! `cqrs.events.produced`). The SERVER span and `rpc.server.call.duration`
+//! command metrics (`cqrs.command.duration`, `cqrs.command`,
+//! `cqrs.events.produced`, `cqrs.command.attempts`). The SERVER span and `rpc.server.call.duration`
 //! come from `shared::grpc_telemetry`.
 
 use std::time::Instant;
@@ -54,6 +54,7 @@ pub struct CommandTelemetry {
     duration: Histogram<f64>,
     total: Counter<u64>,
     produced: Counter<u64>,
+    attempts: Histogram<u64>,
 }
 
 impl Default for CommandTelemetry {
@@ -70,6 +71,14 @@ impl Default for CommandTelemetry {
             produced: meter
                 .u64_counter("cqrs.events.produced")
                 .with_description("Domain events appended to the event log")
+                .build(),
+            attempts: meter
+                .u64_histogram("cqrs.command.attempts")
+                .with_description(
+                    "Times a command was decided against its account's state: 1 with no concurrent writer, \
+                     more after races lost to another replica (contention on hot accounts)",
+                )
+                .with_boundaries(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0])
                 .build(),
         }
     }
@@ -92,6 +101,16 @@ impl CommandCall<'_> {
     /// Records the command's outcome on its span and in the metrics.
     pub fn finish(mut self, outcome: Result<&Accepted, &CommandError>) {
         self.finished = true;
+        let attempts = match outcome {
+            Ok(accepted) => accepted.attempts,
+            Err(CommandError::Contention { attempts, .. }) => u32::try_from(*attempts).unwrap_or(u32::MAX),
+            Err(_) => 0,
+        };
+        if attempts > 0 {
+            let attributes = [KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("command.type", self.command.name())];
+            self.telemetry.attempts.record(u64::from(attempts), &attributes);
+            self.cx.span().set_attribute(KeyValue::new("cqrs.command.attempts", i64::from(attempts)));
+        }
         self.telemetry.record(
             self.command,
             &self.cx,

@@ -63,16 +63,46 @@ async fn concurrent_deposits_without_expected_version_all_land_once() {
     assert_eq!(next.version as usize, 3 + ok.len());
 }
 
+/// The `cqrs_command_attempts` histogram of a write-service's `/metrics`:
+/// (upper bound, cumulative count) per bucket.
+async fn attempts_histogram(metrics: u16) -> Vec<(String, u64)> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], metrics));
+    let (status, body) = testkit::prometheus::get(addr, "/metrics").await.expect("the metrics endpoint answers");
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|line| line.starts_with("cqrs_command_attempts_bucket{") && line.contains("DepositFunds"))
+        .filter_map(|line| {
+            let le = line.split("le=\"").nth(1)?.split('"').next()?.to_owned();
+            let count = line.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_hot_account_at_a_moderate_rate_abort_nothing() {
-    // Given two replicas and one account, four clients on each sending a
-    // deposit every 3 ms (about 1,600 a second on this one account here)
-    // for three seconds. (Back to back, with no pause, the loser of a race
-    // can still lose ten in a row: ABORTED, the client retries.)
+    // Given two replicas (processes, each with its metrics endpoint) and one
+    // account, four clients on each sending a deposit every 3 ms (about
+    // 1,600 a second on this one account here) for three seconds. (Back to
+    // back, with no pause, the loser of a race can still lose ten in a row:
+    // ABORTED, the client retries.)
     const PAUSE: std::time::Duration = std::time::Duration::from_millis(3);
     let nats = NatsServer::start().await;
-    let a = TestApp::spawn(&nats.url()).await;
-    let b = TestApp::spawn(&nats.url()).await;
+    let metrics = [testkit::free_port(), testkit::free_port()];
+    let mut replicas = Vec::new();
+    for port in metrics {
+        let port = port.to_string();
+        let env = [
+            ("OTEL_SDK_DISABLED", "false"),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+            ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+            ("OTEL_EXPORTER_PROMETHEUS_PORT", port.as_str()),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ];
+        replicas.push(ServiceProcess::spawn_with(&nats.url(), &env).await);
+    }
+    let (a, b) = (&replicas[0], &replicas[1]);
     a.client.clone().open_account(open("hot")).await.unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
     let clients: Vec<_> = (0..8)
@@ -98,6 +128,26 @@ async fn two_replicas_on_one_hot_account_at_a_moderate_rate_abort_nothing() {
         ok += o;
         aborted += x;
     }
-    eprintln!("hot account: {ok} deposits in 3 s, {aborted} ABORTED");
+
+    // Then nothing was ABORTED, and each replica's metrics say how often a
+    // deposit had to be decided again after losing a race (bounded: the
+    // last bucket is the service's limit of 10).
+    let mut buckets: Vec<(String, u64)> = Vec::new();
+    for port in metrics {
+        for (le, count) in attempts_histogram(port).await {
+            match buckets.iter_mut().find(|(bound, _)| *bound == le) {
+                Some((_, total)) => *total += count,
+                None => buckets.push((le, count)),
+            }
+        }
+    }
+    let decided = buckets.iter().find(|(le, _)| le == "+Inf").map_or(0, |(_, count)| *count);
+    let within_ten = buckets.iter().find(|(le, _)| le == "10").map_or(0, |(_, count)| *count);
+    eprintln!(
+        "hot account: {ok} deposits in 3 s, {aborted} ABORTED; decisions per deposit, cumulative: {}",
+        buckets.iter().map(|(le, count)| format!("<={le}: {count}")).collect::<Vec<_>>().join(", ")
+    );
     assert_eq!(aborted, 0, "{aborted} of {} deposits were ABORTED", ok + aborted);
+    assert_eq!(decided, ok, "every deposit's decisions are counted");
+    assert_eq!(within_ten, decided, "no deposit was decided more than 10 times");
 }
