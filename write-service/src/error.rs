@@ -23,7 +23,9 @@ pub enum CommandError {
     Contention { account_id: AccountId, attempts: usize },
     /// UNAVAILABLE: the event log cannot be reached. The command may or may
     /// not have been appended: retry with the same `command_id`.
-    #[error("the event log is unavailable ({0}); retry, with the same command_id to make the retry safe")]
+    /// The client reads a fixed summary of the cause; the cause itself
+    /// (broker text included) stays in the log.
+    #[error("the event log is unavailable ({}); retry, with the same command_id to make the retry safe", .0.summary())]
     Unavailable(#[source] EventLogError),
     /// INTERNAL: the account's log holds an event this version cannot read.
     #[error("account {account_id} cannot be loaded: its event log holds an event this service cannot read")]

@@ -73,6 +73,22 @@ pub enum EventLogError {
     Request(String),
 }
 
+impl EventLogError {
+    /// What a client may be told: fixed words, never a server's own text.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::NotReady => "not connected yet",
+            Self::Disconnected => "the NATS connection is down",
+            Self::TimedOut(_) => "JetStream did not answer in time",
+            Self::ConnectionLost => "the NATS connection was lost before JetStream acknowledged the append",
+            Self::Conflict => "the account moved on during the command",
+            Self::Unreadable { .. } => "an event of the account cannot be read",
+            Self::ServerTooOld { .. } => "the NATS server is too old for this service",
+            Self::Request(_) => "JetStream could not take the request, e.g. while it elects a stream leader",
+        }
+    }
+}
+
 /// How the write side creates the stream when it does not exist yet.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {

@@ -127,3 +127,24 @@ async fn without_a_collector_commands_succeed_and_sigterm_still_exits() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn a_broker_failure_reaches_the_client_as_fixed_words_not_the_servers_text() {
+    // Given an account the service has cached...
+    let nats = NatsServer::start().await;
+    let app = TestApp::spawn(&nats.url()).await;
+    app.client.clone().open_account(open("acc")).await.unwrap();
+    // ...when the stream disappears under it (JetStream then answers a
+    // publish with its own text: "no stream found for given subject").
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    jetstream.delete_stream(STREAM).await.unwrap();
+    let status = app.client.clone().deposit_funds(deposit("acc", 1)).await.unwrap_err();
+
+    // Then the client reads UNAVAILABLE in this service's words.
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        status.message(),
+        "the event log is unavailable (JetStream could not take the request, e.g. while it elects a stream leader); \
+         retry, with the same command_id to make the retry safe"
+    );
+}
