@@ -68,6 +68,15 @@ pub enum EventLogError {
     /// The NATS server cannot answer a batched direct get (before 2.11).
     #[error("nats-server {version} is too old: the write side loads accounts with batched direct gets (2.11 or later)")]
     ServerTooOld { version: String },
+    /// The stream exists, configured otherwise than this service's settings
+    /// and an event log require. The service stays NOT_SERVING (retrying)
+    /// until someone changes the stream or the settings.
+    #[error(
+        "stream {stream} is not what this write-service needs: {}. Change the stream (`nats stream edit {stream}` …) \
+         or the settings; until they agree the service stays NOT_SERVING",
+        problems.join("; ")
+    )]
+    StreamMismatch { stream: String, problems: Vec<String> },
     /// Any other JetStream failure. The append's outcome is unknown.
     #[error("JetStream request failed: {0}")]
     Request(String),
@@ -84,9 +93,77 @@ impl EventLogError {
             Self::Conflict => "the account moved on during the command",
             Self::Unreadable { .. } => "an event of the account cannot be read",
             Self::ServerTooOld { .. } => "the NATS server is too old for this service",
+            Self::StreamMismatch { .. } => "the event stream is configured otherwise than this service needs",
             Self::Request(_) => "JetStream could not take the request, e.g. while it elects a stream leader",
         }
     }
+}
+
+/// The stream an event log is: every event kept, appends checked per
+/// subject, loads by direct get.
+fn stream_config(names: &EventLogArgs, settings: &StreamSettings) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: names.stream.clone(),
+        description: Some("Bank account events: the system of record. Never deleted.".into()),
+        subjects: vec![names.all_accounts_subject()],
+        storage: StorageType::File,
+        num_replicas: settings.replicas,
+        retention: RetentionPolicy::Limits,
+        // An event log keeps everything: no count, size or age limit...
+        max_messages: -1,
+        max_bytes: -1,
+        max_age: Duration::ZERO,
+        max_messages_per_subject: -1,
+        // ...and should one ever be set, refuse new events rather than
+        // silently dropping the oldest (JetStream's default).
+        discard: DiscardPolicy::New,
+        deny_delete: true,
+        deny_purge: true,
+        allow_rollup: false,
+        allow_direct: true,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// How an existing stream differs from `wanted` where it matters: the
+/// replicas the settings ask for, the subjects, and what keeps every event
+/// (no limit, no delete or purge, direct gets for loads, discard new).
+fn mismatches(existing: &jetstream::stream::Config, wanted: &jetstream::stream::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if existing.num_replicas != wanted.num_replicas {
+        problems.push(format!(
+            "it has {} replica(s), EVENT_STREAM_REPLICAS is {}",
+            existing.num_replicas, wanted.num_replicas
+        ));
+    }
+    for subject in &wanted.subjects {
+        let prefix = subject.trim_end_matches(".account.*");
+        if !existing.subjects.iter().any(|s| s == subject || s == ">" || *s == format!("{prefix}.>")) {
+            problems.push(format!("it does not capture {subject} (it captures {:?})", existing.subjects));
+        }
+    }
+    let limits = [
+        ("max_msgs", existing.max_messages != -1),
+        ("max_bytes", existing.max_bytes != -1),
+        ("max_age", existing.max_age != Duration::ZERO),
+        ("max_msgs_per_subject", existing.max_messages_per_subject != -1),
+    ];
+    let limited: Vec<&str> = limits.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
+    if !limited.is_empty() {
+        problems.push(format!("it has limits that would drop events ({})", limited.join(", ")));
+    }
+    let must = [
+        ("deny_delete", existing.deny_delete),
+        ("deny_purge", existing.deny_purge),
+        ("allow_direct", existing.allow_direct),
+        ("discard: new", existing.discard == DiscardPolicy::New),
+    ];
+    let missing: Vec<&str> = must.iter().filter(|(_, set)| !*set).map(|(name, _)| *name).collect();
+    if !missing.is_empty() {
+        problems.push(format!("it lacks {}", missing.join(", ")));
+    }
+    problems
 }
 
 /// How the write side creates the stream when it does not exist yet.
@@ -183,48 +260,15 @@ impl EventLog {
             return Err(EventLogError::ServerTooOld { version });
         }
         let jetstream = jetstream::ContextBuilder::new().timeout(timeout).build(client.clone());
-        let config = jetstream::stream::Config {
-            name: names.stream.clone(),
-            description: Some("Bank account events: the system of record. Never deleted.".into()),
-            subjects: vec![names.all_accounts_subject()],
-            storage: StorageType::File,
-            num_replicas: settings.replicas,
-            retention: RetentionPolicy::Limits,
-            // An event log keeps everything: no count, size or age limit...
-            max_messages: -1,
-            max_bytes: -1,
-            max_age: Duration::ZERO,
-            max_messages_per_subject: -1,
-            // ...and should one ever be set, refuse new events rather than
-            // silently dropping the oldest (JetStream's default).
-            discard: DiscardPolicy::New,
-            deny_delete: true,
-            deny_purge: true,
-            allow_rollup: false,
-            allow_direct: true,
-            duplicate_window: settings.duplicate_window,
-            ..Default::default()
-        };
+        let config = stream_config(&names, settings);
         let mut stream =
-            jetstream.get_or_create_stream(config).await.map_err(|e| EventLogError::Request(e.to_string()))?;
+            jetstream.get_or_create_stream(config.clone()).await.map_err(|e| EventLogError::Request(e.to_string()))?;
         let info = stream.info().await.map_err(|e| EventLogError::Request(e.to_string()))?;
+        let problems = mismatches(&info.config, &config);
+        if !problems.is_empty() {
+            return Err(EventLogError::StreamMismatch { stream: names.stream.clone(), problems });
+        }
         let wanted = names.all_accounts_subject();
-        if !info.config.subjects.iter().any(|s| s == &wanted || s == ">" || s == &format!("{}.>", names.subject_prefix))
-        {
-            return Err(EventLogError::Request(format!(
-                "stream {} exists but does not capture {wanted} (it captures {:?})",
-                names.stream, info.config.subjects
-            )));
-        }
-        if !(info.config.deny_delete && info.config.deny_purge && info.config.allow_direct)
-            || info.config.discard != DiscardPolicy::New
-        {
-            tracing::warn!(
-                stream = %names.stream,
-                "the existing stream is not configured as an event log must be \
-                 (deny_delete, deny_purge, allow_direct, discard=new); events may be lost"
-            );
-        }
         Ok(Self {
             client,
             jetstream,
@@ -562,6 +606,7 @@ pub fn error_type(error: &EventLogError) -> &'static str {
         EventLogError::Conflict => "conflict",
         EventLogError::Unreadable { .. } => "unreadable_event",
         EventLogError::ServerTooOld { .. } => "server_too_old",
+        EventLogError::StreamMismatch { .. } => "stream_mismatch",
         EventLogError::Request(_) => "request_failed",
     }
 }
@@ -569,6 +614,35 @@ pub fn error_type(error: &EventLogError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_stream_must_match_the_settings_and_keep_every_event() {
+        let names = EventLogArgs { stream: "BANK_EVENTS".into(), subject_prefix: "bank".into() };
+        let settings = |replicas| StreamSettings { replicas, duplicate_window: Duration::from_secs(120) };
+        let wanted = stream_config(&names, &settings(3));
+        assert!(mismatches(&wanted, &wanted).is_empty());
+        let wider = jetstream::stream::Config { subjects: vec!["bank.>".into()], ..wanted.clone() };
+        assert!(mismatches(&wider, &wanted).is_empty());
+
+        let r1 = stream_config(&names, &settings(1));
+        assert_eq!(mismatches(&r1, &wanted), ["it has 1 replica(s), EVENT_STREAM_REPLICAS is 3"]);
+        let careless = jetstream::stream::Config {
+            max_age: Duration::from_secs(86_400),
+            max_messages: 1_000,
+            deny_purge: false,
+            discard: DiscardPolicy::Old,
+            subjects: vec!["other.>".into()],
+            ..wanted.clone()
+        };
+        assert_eq!(
+            mismatches(&careless, &wanted),
+            [
+                "it does not capture bank.account.* (it captures [\"other.>\"])",
+                "it has limits that would drop events (max_msgs, max_age)",
+                "it lacks deny_purge, discard: new",
+            ]
+        );
+    }
 
     #[test]
     fn batched_direct_gets_need_nats_server_2_11() {

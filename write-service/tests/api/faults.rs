@@ -148,3 +148,41 @@ async fn a_broker_failure_reaches_the_client_as_fixed_words_not_the_servers_text
          retry, with the same command_id to make the retry safe"
     );
 }
+
+#[tokio::test]
+async fn a_stream_that_does_not_match_the_settings_keeps_the_service_not_serving_and_says_why() {
+    // Given the event log created with one replica...
+    let nats = NatsServer::start().await;
+    drop(TestApp::spawn(&nats.url()).await);
+
+    // ...when a write-service that wants three starts on it.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_write-service"))
+        .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("NATS_URL", nats.url())
+        .env("EVENT_STREAM", STREAM)
+        .env("EVENT_SUBJECT_PREFIX", PREFIX)
+        .env("EVENT_STREAM_REPLICAS", "3")
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Then it says why it does not serve, in words an operator can act on.
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let said = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("is not what this write-service needs") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the service says why within 20 s");
+    assert!(said.contains("it has 1 replica(s), EVENT_STREAM_REPLICAS is 3"), "{said}");
+    assert!(said.contains("the service stays NOT_SERVING"), "{said}");
+}
