@@ -1,4 +1,5 @@
-//! Applying the event log to the read model, exactly once and in order.
+//! Applying the event log to the read model, exactly once and in order:
+//! the I/O around the batch rules of [`crate::batch`].
 //!
 //! - **Exactly once**: a batch's rows and the checkpoints (last applied
 //!   position per projection) commit in one transaction; an event at or
@@ -15,13 +16,7 @@
 //!   failure, by contrast, is retried (with backoff) without limit: skipping
 //!   would break the order.
 
-use std::{
-    collections::{HashMap, HashSet},
-    future::Future,
-    pin::pin,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, future::Future, pin::pin, sync::Arc, time::Duration};
 
 use async_nats::{
     HeaderMap,
@@ -32,7 +27,7 @@ use async_nats::{
     },
 };
 use futures::{FutureExt, StreamExt};
-use read_model::{AccountRow, Checkpoints, DeadLetter, HistoryRow, Projection, ReadStore, StoreError};
+use read_model::{Checkpoints, DeadLetter, Projection, ReadStore, StoreError};
 use shared::{
     event_log::{EventLogArgs, headers},
     propagation,
@@ -41,8 +36,9 @@ use shared::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    batch::{self, Arrival, Decided, Order},
     config::Config,
-    domain::{EventRecord, account_of_subject, projections},
+    domain::{EventRecord, account_of_subject},
     error::ProjectorError,
     telemetry::{Handled, Outcome, ProjectionTelemetry, Traffic},
 };
@@ -86,11 +82,6 @@ pub struct BatchReport {
     /// The checkpoints after the commit: the lowest of the partitions'.
     pub checkpoints: Checkpoints,
 }
-
-/// A message of a batch after the order checks: the projections due for it
-/// (`None`: another partition's event), and what it says (or why it cannot
-/// be read).
-type Prepared<'a> = (&'a Delivered, Option<Vec<Projection>>, Result<EventRecord, String>);
 
 /// Which accounts a projector applies: the partitions it owns, of how many.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,78 +165,65 @@ impl Projector {
     pub async fn apply(&self, messages: &[Delivered], projections: &[Projection]) -> Result<BatchReport, StoreError> {
         let started = std::time::SystemTime::now();
         let mut batch = self.store.begin(&self.partitions.owned, self.partitions.count).await?;
-        let mut changed_summaries: HashSet<String> = HashSet::new();
-        let mut new_history: Vec<HistoryRow> = Vec::new();
-        let mut report = BatchReport::default();
 
-        // First pass: order checks and decoding, so that the rows of every
-        // account in the batch can be loaded with a few queries.
-        let mut prepared: Vec<Prepared<'_>> = Vec::new();
-        'messages: for message in messages {
-            let partition = self.partition_of(&message.subject);
-            // Projections due, per owned partition (those whose checkpoint
-            // is below the event).
-            let mut behind: Vec<(u32, Projection)> = Vec::new();
-            for (owned, checkpoints) in batch.checkpoints() {
-                for projection in projections {
-                    let checkpoint = checkpoints.get(*projection);
-                    if message.position > checkpoint {
-                        behind.push((*owned, *projection));
-                    }
+        // Which events to handle, for which projections (the log answers
+        // the rare question of a gap).
+        let arrivals: Vec<Arrival> = messages
+            .iter()
+            .map(|message| Arrival { position: message.position, partition: self.partition_of(&message.subject) })
+            .collect();
+        let mut empty = HashMap::new();
+        let (due, checkpoints, gap) = loop {
+            match batch::order(&arrivals, batch.checkpoints(), projections, &empty) {
+                Order::Decided(Decided { due, checkpoints, gap }) => break (due, checkpoints, gap),
+                Order::AskGap { from, to } => {
+                    empty.insert((from, to), self.nothing_between(from, to).await);
                 }
             }
-            for (owned, projection) in &behind {
-                let expected = batch.checkpoints().get(owned).map_or(0, |c| c.get(*projection)) + 1;
-                if message.position > expected && !self.nothing_between(expected, message.position).await {
-                    report.gap = Some(expected);
-                    break 'messages;
-                }
-            }
-            for (owned, projection) in &behind {
-                batch.advance(*projection, *owned, message.position);
-            }
-            // Another partition's event only moves the checkpoints past it.
-            let due = self.partitions.owned.contains(&partition).then(|| {
-                behind.iter().filter(|(owned, _)| *owned == partition).map(|(_, projection)| *projection).collect()
-            });
-            let record = match due {
-                Some(_) => EventRecord::read(
-                    message.position,
-                    &message.subject,
-                    &self.names.subject_prefix,
-                    |name| message.header(name),
-                    &message.payload,
-                )
-                .map_err(|error| error.to_string()),
-                None => Err(String::new()),
-            };
-            prepared.push((message, due, record));
-        }
-        report.handled = prepared.len();
-        let ids_due = |projection: Projection| -> Vec<String> {
-            let ids: HashSet<&String> = prepared
-                .iter()
-                .filter(|(_, due, _)| due.as_ref().is_some_and(|due| due.contains(&projection)))
-                .filter_map(|(_, _, record)| record.as_ref().ok().map(|r| &r.account_id))
-                .collect();
-            ids.into_iter().cloned().collect()
         };
-        let (summary_ids, history_ids) = (ids_due(Projection::AccountSummary), ids_due(Projection::AccountHistory));
-        let mut summaries: HashMap<String, Option<AccountRow>> =
-            summary_ids.iter().map(|id| (id.clone(), None)).collect();
-        for row in batch.accounts(&summary_ids).await? {
-            summaries.insert(row.account_id.clone(), Some(row));
+        for (partition, positions) in &checkpoints {
+            for projection in projections {
+                batch.advance(*projection, *partition, positions.get(*projection));
+            }
         }
-        let mut histories: HashMap<String, Option<HistoryRow>> =
-            history_ids.iter().map(|id| (id.clone(), None)).collect();
-        for row in batch.last_histories(&history_ids).await? {
-            histories.insert(row.account_id.clone(), Some(row));
-        }
+        let mut report = BatchReport { handled: due.len(), gap, ..BatchReport::default() };
 
-        // Second pass: fold, in log order.
-        for (message, due, record) in prepared {
-            let Some(due) = due else { continue };
-            let mut handled = Handled {
+        // What the due events say, and the rows they fold onto.
+        let handled: Vec<(&Delivered, Vec<Projection>)> =
+            messages.iter().zip(due).filter_map(|(message, due)| due.map(|due| (message, due))).collect();
+        let mut to_fold = Vec::new();
+        for (message, due) in &handled {
+            if due.is_empty() {
+                continue;
+            }
+            let record = EventRecord::read(
+                message.position,
+                &message.subject,
+                &self.names.subject_prefix,
+                |name| message.header(name),
+                &message.payload,
+            )
+            .map_err(|error| error.to_string());
+            to_fold.push((due.clone(), record));
+        }
+        let mut rows = batch::Rows::default();
+        let summary_ids = batch::accounts_due(&to_fold, Projection::AccountSummary);
+        rows.summaries = summary_ids.iter().map(|id| (id.clone(), None)).collect();
+        for row in batch.accounts(&summary_ids).await? {
+            rows.summaries.insert(row.account_id.clone(), Some(row));
+        }
+        let history_ids = batch::accounts_due(&to_fold, Projection::AccountHistory);
+        rows.histories = history_ids.iter().map(|id| (id.clone(), None)).collect();
+        for row in batch.last_histories(&history_ids).await? {
+            rows.histories.insert(row.account_id.clone(), Some(row));
+        }
+        let folded = batch::fold(&to_fold, rows);
+
+        // Dead letters and telemetry, in log order.
+        let mut outcomes = folded.outcomes.into_iter();
+        let mut records = to_fold.into_iter();
+        for (message, due) in handled {
+            let mut event = Handled {
                 position: message.position,
                 subject: message.subject.clone(),
                 event_type: message.header(headers::TYPE).map(str::to_owned),
@@ -254,57 +232,31 @@ impl Projector {
                 producer: propagation::extract_from_nats(&message.headers),
                 outcomes: Vec::new(),
             };
-            if due.is_empty() {
-                handled.outcomes = projections.iter().map(|p| (*p, Outcome::DuplicateSkipped)).collect();
-                report.events.push(handled);
-                continue;
-            }
-            let applied = record.and_then(|record| {
-                handled.account_id = Some(record.account_id.clone());
-                handled.occurred_at_us = Some(record.occurred_at_us);
-                let id = &record.account_id;
-                let summary = due
-                    .contains(&Projection::AccountSummary)
-                    .then(|| projections::account_summary(summaries.get(id).and_then(Option::as_ref), &record));
-                let history = due
-                    .contains(&Projection::AccountHistory)
-                    .then(|| projections::account_history(histories.get(id).and_then(Option::as_ref), &record));
-                // All or nothing: an event one projection refuses is set
-                // aside for every projection that was due.
-                match (summary.transpose(), history.transpose()) {
-                    (Ok(summary), Ok(history)) => {
-                        if let Some(row) = summary {
-                            changed_summaries.insert(id.clone());
-                            summaries.insert(id.clone(), Some(row));
-                        }
-                        if let Some(row) = history {
-                            histories.insert(id.clone(), Some(row.clone()));
-                            new_history.push(row);
-                        }
-                        Ok(())
-                    }
-                    (Err(error), _) | (_, Err(error)) => Err(error.to_string()),
+            let outcome = if due.is_empty() {
+                Outcome::DuplicateSkipped
+            } else {
+                if let Some((_, Ok(record))) = records.next() {
+                    event.account_id = Some(record.account_id);
+                    event.occurred_at_us = Some(record.occurred_at_us);
                 }
-            });
-            let outcome = match applied {
-                Ok(()) => Outcome::Applied,
-                Err(reason) => {
-                    batch.dead_letter(&dead_letter(message, &reason)).await?;
-                    tracing::warn!(position = message.position, subject = %message.subject, %reason, "event set aside as a dead letter");
-                    Outcome::Failed(reason)
+                match outcomes.next() {
+                    Some(Err(reason)) => {
+                        batch.dead_letter(&dead_letter(message, &reason)).await?;
+                        tracing::warn!(position = message.position, subject = %message.subject, %reason, "event set aside as a dead letter");
+                        Outcome::Failed(reason)
+                    }
+                    _ => Outcome::Applied,
                 }
             };
-            for projection in projections {
-                let outcome = if due.contains(projection) { outcome.clone() } else { Outcome::DuplicateSkipped };
-                handled.outcomes.push((*projection, outcome));
-            }
-            report.events.push(handled);
+            event.outcomes = projections
+                .iter()
+                .map(|p| (*p, if due.contains(p) { outcome.clone() } else { Outcome::DuplicateSkipped }))
+                .collect();
+            report.events.push(event);
         }
 
-        let rows: Vec<AccountRow> =
-            changed_summaries.iter().filter_map(|id| summaries.get(id).cloned().flatten()).collect();
-        batch.upsert_accounts(&rows).await?;
-        batch.insert_history(&new_history).await?;
+        batch.upsert_accounts(&folded.summaries).await?;
+        batch.insert_history(&folded.history).await?;
         report.checkpoints = Checkpoints::lowest(batch.checkpoints().values());
         batch.commit().await?;
 

@@ -208,7 +208,8 @@ impl Checkpoints {
         }
     }
 
-    fn set(&mut self, projection: Projection, position: u64) {
+    /// Sets `projection`'s checkpoint.
+    pub fn set(&mut self, projection: Projection, position: u64) {
         match projection {
             Projection::AccountSummary => self.account_summary = position,
             Projection::AccountHistory => self.account_history = position,
