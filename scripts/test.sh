@@ -25,5 +25,6 @@ cargo test --workspace --all-targets --locked
 # The benchmarks only have to run here (tiny sizes, debug build): their
 # figures come from `python3 scripts/bench.py` on a quiet machine.
 python3 scripts/bench.py --smoke --profile debug > /dev/null
+python3 scripts/bench-scaling.py --smoke --profile debug > /dev/null
 # A bounded run of every fuzz target; a campaign is `scripts/fuzz.sh 3600`.
 scripts/fuzz.sh 20
