@@ -28,6 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// Consume the event log and project it (the default).
     Run,
+    /// Bring the read store's schema up to date and exit (`run` does it
+    /// too on start): a deploy step of its own, with a role that may
+    /// change the schema.
+    Migrate,
     /// Empty a projection and replay it from the start of the log, with a
     /// progress bar. Safe while the projector runs.
     Rebuild {

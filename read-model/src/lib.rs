@@ -50,6 +50,12 @@ pub enum StoreError {
     /// projector process).
     #[error("{0} need(s) PostgreSQL as the read store")]
     NeedsPostgres(&'static str),
+    /// The read store's schema is missing or older than this build reads.
+    #[error(
+        "the read store's schema is at migration {applied}, this release reads {needed}: the projector of this \
+         release brings it up to date on start (or run `projector migrate`)"
+    )]
+    Schema { applied: i64, needed: i64 },
     /// A row holds a value this version does not know.
     #[error("read store holds an unexpected value: {0}")]
     Corrupt(String),
@@ -295,10 +301,49 @@ pub struct ReadStore {
 
 impl ReadStore {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and brings the
-    /// schema up to date. A SQLite file (and its folder) is created if
-    /// missing and put in WAL mode, so readers in other processes never
-    /// block the writer.
+    /// schema up to date: the projector's way in (it owns the schema). A
+    /// SQLite file (and its folder) is created if missing and put in WAL
+    /// mode, so readers in other processes never block the writer.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::pool(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to `url` without changing anything: the read-service's way
+    /// in, which works on a role that may only SELECT. Fails until the
+    /// schema this build reads is there (the projector, or `projector
+    /// migrate`, puts it there).
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::pool(url, max_connections).await?;
+        let migrator = match store.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let needed = migrator.iter().map(|migration| migration.version).max().unwrap_or(0);
+        let applied: i64 = sqlx::query("SELECT MAX(version) AS version FROM _sqlx_migrations WHERE success")
+            .fetch_one(&store.pool)
+            .await
+            .and_then(|row| row.try_get::<Option<i64>, _>("version"))
+            .map_err(|_| StoreError::Schema { applied: 0, needed })?
+            .unwrap_or(0);
+        if applied < needed {
+            return Err(StoreError::Schema { applied, needed });
+        }
+        Ok(store)
+    }
+
+    /// Brings the schema up to date (idempotent; PostgreSQL serialises
+    /// concurrent runs with a lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    async fn pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let (file, query) = path.split_once('?').unwrap_or((path, ""));
@@ -332,12 +377,7 @@ impl ReadStore {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool, backend };
-        match backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&store.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
-        }
-        Ok(store)
+        Ok(Self { pool, backend })
     }
 
     /// Which database this is.

@@ -1,6 +1,7 @@
 //! Wiring: binds the listener, connects to the read store in the
 //! background, and serves gRPC (queries, health, reflection) until shutdown.
-//! Health is NOT_SERVING until the read store is connected and migrated.
+//! Health is NOT_SERVING until the read store is reachable and its schema
+//! (which the projector migrates) is the one this release reads.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -75,8 +76,10 @@ impl Application {
 
 /// Connects to the read store, retrying, then reports SERVING.
 async fn connect(config: Config, slot: Arc<std::sync::OnceLock<Queries>>, reporter: HealthReporter) {
+    // Only reads: the projector owns the schema, so this works on a role
+    // that may only SELECT, and waits for the projector's migrations.
     let store = retry::until_ok("the read store", || {
-        ReadStore::connect(config.read_store_url.expose(), config.read_store_max_connections)
+        ReadStore::open(config.read_store_url.expose(), config.read_store_max_connections)
     })
     .await;
     let secret = match &config.page_token_secret {

@@ -167,3 +167,55 @@ async fn bad_queries_get_precise_statuses(store: Store) {
     assert!(status.message().contains("behind the requested min_position 1000000"), "{}", status.message());
     assert!(status.message().contains("up to position 3"), "{}", status.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_service_answers_every_query_on_a_postgres_role_that_may_only_select() {
+    // Given the system on PostgreSQL (the projector owns the schema)...
+    let stack = Stack::start(Store::postgres().await).await;
+    stack.open("acc-1", "Ada").await;
+    stack.open("acc-2", "Ada").await;
+    let last = stack.deposit("acc-1", 40).await.position;
+
+    // ...and a role that may only read the read model.
+    let url = stack.store.url();
+    let role = format!("reader_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    let (_, database) = url.rsplit_once('/').unwrap();
+    let (server, _) = url.trim_start_matches("postgres://").split_once('/').unwrap();
+    let host = server.rsplit_once('@').map_or(server, |(_, host)| host);
+    let reader_url = format!("postgres://{role}@{host}/{database}");
+    let mut reader = <sqlx::AnyConnection as sqlx::Connection>::connect(&reader_url).await.unwrap();
+    let write = sqlx::Executor::execute(&mut reader, "DELETE FROM account_summary").await;
+    assert!(write.is_err(), "the role may not write");
+
+    // When a read-service runs on that role, then it answers every query.
+    let read = spawn_read_service(&reader_url, &[]).await;
+    let mut queries = pb::account_query_service_client::AccountQueryServiceClient::new(channel(read.addr));
+    let account = queries
+        .get_account(pb::GetAccountRequest { account_id: "acc-1".into(), min_position: last })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((account.balance, account.version), (40, 2));
+    let list = pb::ListAccountsRequest { owner: Some("Ada".into()), min_position: last, ..Default::default() };
+    let accounts = queries.list_accounts(list).await.unwrap().into_inner().accounts;
+    assert_eq!(accounts.len(), 2);
+    let history = pb::GetAccountHistoryRequest { account_id: "acc-1".into(), min_position: last, ..Default::default() };
+    assert_eq!(queries.get_account_history(history).await.unwrap().into_inner().entries.len(), 2);
+    let missing = queries.get_account(pb::GetAccountRequest { account_id: "nope".into(), min_position: 0 }).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+
+    drop(read);
+    drop(reader);
+    let _ =
+        sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(format!("REASSIGN OWNED BY {role} TO postgres"))).await;
+    let _ = sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}"))).await;
+    let _ = sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(format!("DROP ROLE {role}"))).await;
+}
