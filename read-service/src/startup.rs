@@ -7,7 +7,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use read_model::ReadStore;
 use shared::{
-    grpc_server::{self, Drain, HealthOnly},
+    grpc_server::{self, Drain, HealthOnly, ServeError},
     grpc_telemetry::GrpcServerTelemetryLayer,
     retry,
 };
@@ -21,7 +21,22 @@ use crate::{app::Queries, config::Config, domain::PageTokens, grpc::QueryService
 pub const SERVICE_NAME: &str = "bank.v1.AccountQueryService";
 
 /// Why the service could not start or stopped abnormally.
-pub use shared::grpc_server::ServeError as StartupError;
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Binding, TLS, reflection or the server itself.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// No `PAGE_TOKEN_SECRET`, and the system's random number generator
+    /// failed: page tokens would be signed with a guessable key.
+    #[error("PAGE_TOKEN_SECRET is not set and the system's random number generator failed: refusing to start")]
+    Randomness,
+}
+
+impl From<tonic::transport::Error> for StartupError {
+    fn from(error: tonic::transport::Error) -> Self {
+        Self::Serve(error.into())
+    }
+}
 
 /// A bound, not yet running read-service.
 pub struct Application {
@@ -29,6 +44,7 @@ pub struct Application {
     health_only: HealthOnly,
     server: Server,
     config: Config,
+    page_token_key: Vec<u8>,
 }
 
 impl Application {
@@ -38,7 +54,14 @@ impl Application {
         let server = grpc_server::server(&config.tls, config.max_connection_age, config.shutdown_grace)?;
         let listener = grpc_server::bind(config.listen_addr).await?;
         let health_only = HealthOnly::bind(config.health_listen_addr).await?;
-        Ok(Self { listener, health_only, server, config })
+        let page_token_key = match &config.page_token_secret {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => {
+                tracing::warn!("PAGE_TOKEN_SECRET is not set: page tokens only work on this replica until it restarts");
+                random_key()?
+            }
+        };
+        Ok(Self { listener, health_only, server, config, page_token_key })
     }
 
     /// The address the server listens on.
@@ -51,13 +74,14 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Self { listener, health_only, server, config } = self;
+        let Self { listener, health_only, server, config, page_token_key } = self;
         let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
         let _health_only = health_only.serve(health_service.clone());
 
         let service = QueryService::default();
-        let connector = tokio::spawn(connect(config.clone(), service.queries_slot(), reporter.clone()));
-        let (reflection_v1, reflection_v1alpha) = grpc_server::reflection()?;
+        let tokens = PageTokens::new(&page_token_key);
+        let connector = tokio::spawn(connect(config.clone(), tokens, service.queries_slot(), reporter.clone()));
+        let (reflection_v1, reflection_v1alpha) = grpc_server::reflection().map_err(ServeError::from)?;
         let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
         tracing::info!(addr = %config.listen_addr, tls = config.tls.cert_file.is_some(), "read-service listening");
         let server = server
@@ -75,31 +99,28 @@ impl Application {
 }
 
 /// Connects to the read store, retrying, then reports SERVING.
-async fn connect(config: Config, slot: Arc<std::sync::OnceLock<Queries>>, reporter: HealthReporter) {
+async fn connect(
+    config: Config,
+    tokens: PageTokens,
+    slot: Arc<std::sync::OnceLock<Queries>>,
+    reporter: HealthReporter,
+) {
     // Only reads: the projector owns the schema, so this works on a role
     // that may only SELECT, and waits for the projector's migrations.
     let store = retry::until_ok("the read store", || {
         ReadStore::open(config.read_store_url.expose(), config.read_store_max_connections)
     })
     .await;
-    let secret = match &config.page_token_secret {
-        Some(secret) => secret.expose().as_bytes().to_vec(),
-        None => {
-            tracing::warn!("PAGE_TOKEN_SECRET is not set: page tokens only work on this replica until it restarts");
-            random_secret()
-        }
-    };
-    let queries =
-        Queries::new(store, config.read_store_max_connections, PageTokens::new(&secret), config.max_consistency_wait);
+    let queries = Queries::new(store, config.read_store_max_connections, tokens, config.max_consistency_wait);
     let _ = slot.set(queries);
     grpc_server::set_health(&reporter, SERVICE_NAME, ServingStatus::Serving).await;
 }
 
-fn random_secret() -> Vec<u8> {
+/// A key for this process alone. A failing system RNG stops the start: a
+/// zeroed key would let anyone forge page tokens.
+fn random_key() -> Result<Vec<u8>, StartupError> {
     use ring::rand::SecureRandom;
-    let mut secret = vec![0; 32];
-    // The system RNG does not fail on supported platforms; a zero secret
-    // would still only affect page-token integrity, never data.
-    let _ = ring::rand::SystemRandom::new().fill(&mut secret);
-    secret
+    let mut key = vec![0; 32];
+    ring::rand::SystemRandom::new().fill(&mut key).map_err(|_| StartupError::Randomness)?;
+    Ok(key)
 }
