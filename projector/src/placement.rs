@@ -36,11 +36,11 @@ pub async fn project(
     shutdown: impl Future<Output = ()> + Clone + Send + 'static,
 ) -> Result<(), ProjectorError> {
     let count = config.partitions.get();
+    if store.backend() == Backend::Sqlite && count > 1 {
+        return Err(StoreError::NeedsPostgres("PROJECTOR_PARTITIONS above 1").into());
+    }
     lay_out(&store, count).await?;
     if store.backend() == Backend::Sqlite {
-        if count > 1 {
-            return Err(StoreError::NeedsPostgres("PROJECTOR_PARTITIONS above 1").into());
-        }
         let projector =
             Projector::new(store, stream, config.event_log.clone(), config.consumer.clone(), Partitions::all(1));
         return Arc::new(projector).run(config, health, shutdown).await;
