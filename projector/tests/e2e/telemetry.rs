@@ -275,6 +275,8 @@ async fn a_call_the_client_cancels_is_counted_with_its_status_and_its_spans_end(
         ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
     ];
+    // The schema is the projector's to create; no projector runs here.
+    read_model::ReadStore::connect(&store.url(), 1).await.unwrap().close().await;
     let read_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let read = spawn("read-service", read_addr, &env);
     wait_for_health(read_addr, ServingStatus::Serving).await;
