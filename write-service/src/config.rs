@@ -72,3 +72,45 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
 }
+
+/// The command line: the service by default, or an operation on the event
+/// log, with the same settings.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "write-service", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; without a subcommand, `serve`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve the command API (the default).
+    Serve,
+    /// Snapshot the event stream (events with their positions, and its
+    /// consumers) into a new directory `<EVENT_STREAM>-<UTC time>` under
+    /// --to-dir, while it keeps taking writes; then delete all but the
+    /// newest --keep backups there. Needs a NATS user that may use the
+    /// stream's snapshot API (the `admin` user in deploy/).
+    Backup {
+        /// Where backups are kept.
+        #[arg(long)]
+        to_dir: std::path::PathBuf,
+        /// How many backups to keep (the newest).
+        #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
+        keep: u32,
+    },
+    /// Recreate the event stream from a backup directory, with the same
+    /// positions, configuration and consumers. Refuses while the stream
+    /// exists. Stop the write-service first (it would create an empty
+    /// stream when it starts), and see deploy/README.md "Restoring the
+    /// event log" for the read model.
+    Restore {
+        /// The backup directory (`<EVENT_STREAM>-<UTC time>`).
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
+}
