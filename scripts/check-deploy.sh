@@ -7,7 +7,11 @@
 #   - the rendered manifests pass checkov (each skip is annotated, with its
 #     reason, on the resource it concerns),
 #   - the Prometheus config and alert rules check, and the rules' unit tests
-#     pass (`promtool`),
+#     pass (`promtool`); the Alertmanager config checks (`amtool`),
+#   - every project image in the rendered overlays comes from the overlay's
+#     `images:` (no placeholder left, an explicit registry, digests in prod),
+#   - the GitHub workflows validate against their schema and pass zizmor's
+#     security audits (pedantic: any finding fails),
 #   - the compose file resolves, where a compose binary exists.
 # The PromQL in dashboards and rules is checked against the metrics the
 # services really export by projector/tests/e2e/telemetry.rs.
@@ -33,7 +37,7 @@ for config in deploy/k8s/base/nats/nats.conf deploy/k8s/overlays/prod/nats.conf;
   cp "$dir/tls/tls.crt" "$dir/tls/ca.crt"
   sed "s#/etc/nats-tls/#$dir/tls/#" "$config" > "$dir/nats.conf"
   cp deploy/k8s/base/nats/auth.conf "$dir/auth.conf"
-  WRITE_SERVICE_NATS_PASSWORD=x PROJECTOR_NATS_PASSWORD=x POD_NAME=nats-0 scripts/nats-server -t -c "$dir/nats.conf"
+  WRITE_SERVICE_NATS_PASSWORD=x PROJECTOR_NATS_PASSWORD=x ADMIN_NATS_PASSWORD=x POD_NAME=nats-0 scripts/nats-server -t -c "$dir/nats.conf"
 done
 
 step "one NATS release everywhere"
@@ -43,11 +47,67 @@ for file in deploy/k8s/base/nats/statefulset.yaml deploy/compose.yaml; do
     { echo "check-deploy: $file does not run nats:$pinned-alpine, the release scripts/setup.sh pins" >&2; exit 1; }
 done
 
+# The base names the project's images by placeholders (a bare name: no
+# registry, no tag), and each overlay maps them in its `images:`. Checked on
+# each rendered overlay: every workload that runs a placeholder in the base
+# runs exactly what the overlay's `images:` entry makes of it, under an
+# explicit registry host (a first part with a '.' or ':'; any other name is
+# Docker Hub's, a namespace the project does not own), by digest in prod;
+# and no placeholder is left anywhere.
+"$tools/kubectl" kustomize deploy/k8s/base > "$out/base.yaml"
+cat > "$out/images.py" <<'PYTHON'
+import sys, yaml
+base, kustomization, rendered, overlay = sys.argv[1:]
+
+def images(path):
+    found = {}
+    for doc in yaml.safe_load_all(open(path)):
+        spec = (doc or {}).get("spec") or {}
+        if doc and doc["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        pod = (spec.get("template") or {}).get("spec") or {}
+        for c in pod.get("initContainers", []) + pod.get("containers", []):
+            found[f"{doc['kind']}/{doc['metadata']['name']}/{c['name']}"] = c["image"]
+    return found
+
+placeholders = {k: v for k, v in images(base).items() if not any(ch in v for ch in "/:@")}
+assert placeholders, "the base names none of the project's images by a placeholder"
+entries = {e["name"]: e for e in yaml.safe_load(open(kustomization)).get("images") or []}
+running = images(rendered)
+problems = []
+for where, placeholder in sorted(placeholders.items()):
+    entry = entries.get(placeholder)
+    if entry is None:
+        problems.append(f"{where}: no entry for `{placeholder}` in {kustomization}'s images:")
+        continue
+    name = entry.get("newName", placeholder)
+    host = name.split("/")[0] if "/" in name else ""
+    if "." not in host and ":" not in host:
+        problems.append(f"{where}: `{name}` has no registry host (a first part with a dot or a colon), so it would come from Docker Hub")
+    if "digest" in entry:
+        expected = f"{name}@{entry['digest']}"
+    elif overlay == "prod":
+        problems.append(f"{where}: prod pins `{placeholder}` by digest (`digest:` in its images:)")
+        continue
+    else:
+        expected = f"{name}:{entry.get('newTag', 'latest')}"
+    if running.get(where) != expected:
+        problems.append(f"{where} runs `{running.get(where)}`, not `{expected}` from images:")
+for where, image in sorted(running.items()):
+    if image.split("@")[0].split(":")[0] in placeholders.values():
+        problems.append(f"{where}: the placeholder `{image}` went through no images: entry")
+if problems:
+    sys.exit(f"check-deploy: project images in {overlay}:\n  " + "\n  ".join(problems))
+PYTHON
+
 for overlay in deploy/k8s/overlays/*/; do
   name="$(basename "$overlay")"
   rendered="$out/$name.yaml"
   step "kustomize $name"
   "$tools/kubectl" kustomize "$overlay" > "$rendered"
+
+  step "project images $name"
+  "$tools/python" "$out/images.py" "$out/base.yaml" "${overlay%/}/kustomization.yaml" "$rendered" "$name"
 
   step "kubernetes-validate --strict $name"
   # --quiet prints only warnings and failures: any output fails the check.
@@ -75,6 +135,7 @@ components:
   - $repo/deploy/k8s/components/projector-autoscaling
 KUSTOMIZATION
 "$tools/kubectl" kustomize "$out/autoscaling" > "$out/autoscaling.yaml"
+"$tools/python" "$out/images.py" "$out/base.yaml" deploy/k8s/overlays/prod/kustomization.yaml "$out/autoscaling.yaml" prod
 "$tools/python" - "$out/autoscaling.yaml" "$out/autoscaling-core.yaml" <<'PYTHON'
 import sys, yaml
 documents = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
@@ -104,9 +165,19 @@ step "promtool check config"
 sed "s#/etc/prometheus/rules/#$PWD/$rules/#" deploy/k8s/base/observability/prometheus/prometheus.yml > "$out/prometheus.yml"
 promtool check config "$out/prometheus.yml"
 step "promtool check rules"
-promtool check rules "$rules"/*.rules.yaml
+# The NATS alerts live apart from the services' rules (the ConfigMap mounts
+# them together; observability/kustomization.yaml says why).
+nats_rules=deploy/k8s/base/observability/prometheus/nats
+promtool check rules "$rules"/*.rules.yaml "$nats_rules"/*.rules.yaml
 step "promtool test rules"
 (cd "$rules" && promtool test rules ./*.test.yaml)
+(cd "$nats_rules" && promtool test rules ./*.test.yaml)
+step "amtool check-config"
+amtool check-config deploy/k8s/base/observability/alertmanager/alertmanager.yml
+
+step "workflows: schema + zizmor"
+"$tools/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+"$tools/zizmor" --offline --persona=pedantic --no-progress .github/workflows/*.yml
 
 if docker compose version >/dev/null 2>&1; then
   step "docker compose config"

