@@ -20,7 +20,7 @@ pub struct Config {
     pub health_listen_addr: Option<SocketAddr>,
 
     #[command(flatten)]
-    pub tls: shared::grpc_server::ServerTlsArgs,
+    pub tls: shared::grpc_tls::ServerTlsArgs,
 
     /// The read store the projector writes: `sqlite://PATH` or
     /// `postgres://USER:PASSWORD@HOST/DB`.

@@ -9,10 +9,11 @@ use read_model::ReadStore;
 use shared::{
     grpc_server::{self, Drain, HealthOnly, ServeError},
     grpc_telemetry::GrpcServerTelemetryLayer,
+    grpc_tls::{self, Certificates},
     retry,
 };
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{app::Queries, config::Config, domain::PageTokens, grpc::QueryService};
@@ -43,6 +44,7 @@ pub struct Application {
     listener: TcpListener,
     health_only: HealthOnly,
     server: Server,
+    certificates: Option<Arc<Certificates>>,
     config: Config,
     page_token_key: Vec<u8>,
 }
@@ -51,7 +53,8 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and loads the TLS
     /// files, so that a bad address or certificate stops the start.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let server = grpc_server::server(&config.tls, config.max_connection_age, config.shutdown_grace)?;
+        let certificates = config.tls.certificates()?;
+        let server = grpc_server::server(config.max_connection_age, config.shutdown_grace);
         let listener = grpc_server::bind(config.listen_addr).await?;
         let health_only = HealthOnly::bind(config.health_listen_addr).await?;
         let page_token_key = match &config.page_token_secret {
@@ -61,7 +64,7 @@ impl Application {
                 random_key()?
             }
         };
-        Ok(Self { listener, health_only, server, config, page_token_key })
+        Ok(Self { listener, health_only, server, certificates, config, page_token_key })
     }
 
     /// The address the server listens on.
@@ -74,7 +77,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Self { listener, health_only, server, config, page_token_key } = self;
+        let Self { listener, health_only, server, certificates, config, page_token_key } = self;
         let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
         let _health_only = health_only.serve(health_service.clone());
 
@@ -90,7 +93,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service.into_server().max_decoding_message_size(config.max_request_bytes))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+            .serve_with_incoming_shutdown(grpc_tls::incoming(listener, certificates), signal);
         let result = drain.run(server).await.map_err(StartupError::from);
         connector.abort();
         tracing::info!("read-service stopped");

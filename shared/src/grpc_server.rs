@@ -1,17 +1,13 @@
-//! What every gRPC server here does the same way: TLS from PEM files,
+//! What every gRPC server here does the same way: TLS from PEM files
+//! ([`crate::grpc_tls`], reloaded when they change),
 //! reflection (v1 and v1alpha, so every grpcurl works), health reporting
 //! for `""` and the service's own name (also on a plaintext port for probes
 //! when the main one needs TLS), and a bounded drain on shutdown.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{
     ServingStatus,
     pb::health_server::{Health, HealthServer},
@@ -38,8 +34,7 @@ pub enum ServeError {
     #[error("cannot read the TLS file {path}: {source}")]
     TlsFile { path: PathBuf, source: std::io::Error },
     /// The TLS files do not make a usable configuration (not PEM, a key
-    /// that does not match the certificate...): the reason, with its causes
-    /// (tonic's own message is only "transport error").
+    /// that does not match the certificate...): the reason.
     #[error("invalid gRPC TLS configuration: {0}")]
     Tls(String),
     /// The gRPC server failed.
@@ -47,69 +42,12 @@ pub enum ServeError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// TLS for a gRPC server, from PEM files (a mounted `kubernetes.io/tls`
-/// Secret). Without a certificate the server speaks plaintext HTTP/2: for
-/// local runs, or behind a mesh whose sidecar terminates TLS. The files are
-/// read at start: a rotated certificate takes effect on the next restart.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ServerTlsArgs {
-    /// Server certificate chain (PEM). With GRPC_TLS_KEY_FILE set too, the
-    /// gRPC port accepts TLS connections only.
-    #[arg(long = "grpc-tls-cert-file", env = "GRPC_TLS_CERT_FILE", requires = "key_file")]
-    pub cert_file: Option<PathBuf>,
-
-    /// The server certificate's private key (PEM).
-    #[arg(long = "grpc-tls-key-file", env = "GRPC_TLS_KEY_FILE", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
-
-    /// CA certificate(s) (PEM) that clients must present a certificate of
-    /// (mutual TLS). Unset: any client that trusts the server may call.
-    #[arg(long = "grpc-tls-client-ca-file", env = "GRPC_TLS_CLIENT_CA_FILE", requires = "cert_file")]
-    pub client_ca_file: Option<PathBuf>,
-}
-
-impl ServerTlsArgs {
-    /// The TLS configuration, or `None` for plaintext. Errors name the
-    /// file, never its contents.
-    pub fn server_config(&self) -> Result<Option<ServerTlsConfig>, ServeError> {
-        let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else { return Ok(None) };
-        // A client that never finishes its handshake must not hold a
-        // connection forever.
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?))
-            .timeout(Duration::from_secs(10));
-        if let Some(ca) = &self.client_ca_file {
-            config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
-        }
-        Ok(Some(config))
-    }
-}
-
-/// `error: cause: cause...`
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
-fn read_pem(path: &Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.to_owned(), source })
-}
-
 /// A server builder with the connection policy every service here uses:
-/// TLS when configured, and connections recycled after
-/// `max_connection_age` (HTTP/2 GOAWAY; in-flight calls get `grace`) so that
-/// long-lived clients spread over new replicas.
-pub fn server(tls: &ServerTlsArgs, max_connection_age: Duration, grace: Duration) -> Result<Server, ServeError> {
-    let builder = Server::builder().max_connection_age(max_connection_age).max_connection_age_grace(grace);
-    match tls.server_config()? {
-        Some(config) => builder.tls_config(config).map_err(|error| ServeError::Tls(with_causes(&error))),
-        None => Ok(builder),
-    }
+/// connections recycled after `max_connection_age` (HTTP/2 GOAWAY;
+/// in-flight calls get `grace`) so that long-lived clients spread over new
+/// replicas. TLS is not tonic's here but [`crate::grpc_tls::incoming`]'s.
+pub fn server(max_connection_age: Duration, grace: Duration) -> Server {
+    Server::builder().max_connection_age(max_connection_age).max_connection_age_grace(grace)
 }
 
 /// Binds `addr` (port 0 picks a free port).
@@ -176,6 +114,13 @@ impl HealthOnly {
 
 /// Aborts its task when dropped.
 pub struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Owns `task`.
+    pub fn new(task: JoinHandle<()>) -> Self {
+        Self(Some(task))
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -8,6 +8,7 @@ pub mod event_log;
 pub mod events;
 pub mod grpc_server;
 pub mod grpc_telemetry;
+pub mod grpc_tls;
 mod metrics_endpoint;
 pub mod propagation;
 pub mod retry;

@@ -24,7 +24,7 @@ pub struct Config {
     pub health_listen_addr: Option<SocketAddr>,
 
     #[command(flatten)]
-    pub tls: shared::grpc_server::ServerTlsArgs,
+    pub tls: shared::grpc_tls::ServerTlsArgs,
 
     #[command(flatten)]
     pub nats: NatsArgs,

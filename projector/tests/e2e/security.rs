@@ -363,6 +363,74 @@ async fn grpc_and_nats_speak_tls_only() {
     }
 }
 
+/// cert-manager renews a certificate by rewriting the mounted Secret's
+/// files in place (an atomic swap of the folder they live in); a running
+/// server serves the new certificate, and trusts the new client CA, from the
+/// next handshake on, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotated_under_running_servers_are_served_on_the_next_handshake() {
+    let (old, new) = (TestPki::generate(), TestPki::generate());
+    let mounted = tempfile::tempdir().unwrap();
+    let install = |pki: &TestPki| {
+        let (cert, key) = pki.server();
+        for (from, to) in [(cert, "tls.crt"), (key, "tls.key"), (pki.ca_cert(), "ca.crt")] {
+            let staged = mounted.path().join(format!(".{to}.new"));
+            std::fs::copy(from, &staged).unwrap();
+            std::fs::rename(staged, mounted.path().join(to)).unwrap();
+        }
+    };
+    install(&old);
+    let file = |name: &str| mounted.path().join(name).display().to_string();
+    let nats = NatsServer::start().await;
+    let store = Store::sqlite();
+    let [write_addr, write_health, read_addr, read_health, projector_addr] =
+        std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let tls = [("GRPC_TLS_CERT_FILE", file("tls.crt")), ("GRPC_TLS_KEY_FILE", file("tls.key"))];
+    let common = [("OTEL_SDK_DISABLED", "true".to_owned()), ("NATS_URL", nats.url())];
+    let mut write_env = [&tls[..], &common[..]].concat();
+    write_env.push(("GRPC_TLS_CLIENT_CA_FILE", file("ca.crt")));
+    write_env.push(("HEALTH_LISTEN_ADDR", write_health.to_string()));
+    let mut read_env = [&tls[..], &common[..]].concat();
+    read_env.push(("READ_STORE_URL", store.url()));
+    read_env.push(("HEALTH_LISTEN_ADDR", read_health.to_string()));
+    let mut write = telemetry::spawn("write-service", write_addr, &write_env);
+    let _projector =
+        telemetry::spawn("projector", projector_addr, &[&common[..], &[("READ_STORE_URL", store.url())]].concat());
+    let mut read = telemetry::spawn("read-service", read_addr, &read_env);
+    wait_for_health(write_health, ServingStatus::Serving).await;
+    wait_for_health(read_health, ServingStatus::Serving).await;
+
+    let open =
+        |id: &str| pb::OpenAccountRequest { account_id: id.into(), owner: "Owner".into(), command_id: String::new() };
+    let get = |id: &str, min_position| pb::GetAccountRequest { account_id: id.into(), min_position };
+    let mut old_commands = AccountCommandServiceClient::new(tls_channel(&old, write_addr, true).await.unwrap());
+    let mut old_queries = AccountQueryServiceClient::new(tls_channel(&old, read_addr, false).await.unwrap());
+    let first = old_commands.open_account(open("rot-1")).await.unwrap().into_inner();
+    old_queries.get_account(get("rot-1", first.position)).await.unwrap();
+    assert!(tls_channel(&new, read_addr, false).await.is_err(), "the new CA is trusted before the rotation");
+
+    // The rotation: new server certificates from a new CA, which is also the
+    // write-service's new client CA. Then a renewal caught half-written.
+    install(&new);
+    let mut new_commands = AccountCommandServiceClient::new(tls_channel(&new, write_addr, true).await.unwrap());
+    let mut new_queries = AccountQueryServiceClient::new(tls_channel(&new, read_addr, false).await.unwrap());
+    let second = new_commands.open_account(open("rot-2")).await.unwrap().into_inner();
+    let account = new_queries.get_account(get("rot-2", second.position)).await.unwrap().into_inner();
+    assert_eq!(account.account_id, "rot-2");
+    for addr in [write_addr, read_addr] {
+        assert!(tls_channel(&old, addr, false).await.is_err(), "{addr} still presents the old certificate");
+    }
+    // Connections made before the rotation go on until they end.
+    old_queries.get_account(get("rot-2", second.position)).await.unwrap();
+    std::fs::write(mounted.path().join("tls.crt"), "-----BEGIN CERTIFICATE-----\ntruncat").unwrap();
+    let mut after_broken = AccountQueryServiceClient::new(tls_channel(&new, read_addr, false).await.unwrap());
+    after_broken.get_account(get("rot-2", 0)).await.unwrap();
+
+    for (name, child) in [("write-service", &mut write), ("read-service", &mut read)] {
+        assert!(child.try_wait().unwrap().is_none(), "{name} restarted or stopped");
+    }
+}
+
 /// A certificate that cannot be read, or is not one, stops the service at
 /// start, saying which file and why, instead of serving plaintext.
 #[tokio::test]
