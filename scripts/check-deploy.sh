@@ -3,7 +3,9 @@
 #   - the NATS configs load (`nats-server -t`, the same release as the image,
 #     with throwaway certificates for prod's TLS),
 #   - every overlay renders (`kubectl kustomize`) and validates against the
-#     Kubernetes schemas in strict mode, with no warning,
+#     Kubernetes schemas in strict mode, with no warning; so do prod with the
+#     optional components (projector autoscaling; an OTLP backend in place
+#     of Jaeger),
 #   - the rendered manifests pass checkov (each skip is annotated, with its
 #     reason, on the resource it concerns),
 #   - the Prometheus config and alert rules check, and the rules' unit tests
@@ -158,6 +160,38 @@ if [[ -n $report ]]; then echo "$report"; exit 1; fi
 "$tools/checkov" --framework kubernetes --skip-download --quiet --compact -f "$out/autoscaling.yaml" > "$out/checkov-autoscaling.txt" 2>&1 ||
   { cat "$out/checkov-autoscaling.txt"; exit 1; }
 
+# prod's other trace path: components/otlp-backend in place of
+# components/jaeger-v2 (deploy/README.md, "Observability"), as a user would
+# swap them, on a copy of deploy/k8s (the overlay's relative paths hold
+# there). Checked like an overlay, and the collector then forwards to the
+# endpoint the `otlp-backend` ConfigMap sets, with nothing named jaeger left.
+step "kustomize prod with components/otlp-backend"
+cp -r deploy/k8s "$out/k8s"
+sed -i 's#- ../../components/jaeger-v2$#- ../../components/otlp-backend#' "$out/k8s/overlays/prod/kustomization.yaml"
+grep -q -- '- ../../components/otlp-backend$' "$out/k8s/overlays/prod/kustomization.yaml" ||
+  { echo "check-deploy: prod's kustomization no longer lists ../../components/jaeger-v2 to swap" >&2; exit 1; }
+"$tools/kubectl" kustomize "$out/k8s/overlays/prod" > "$out/otlp-backend.yaml"
+"$tools/python" "$out/images.py" "$out/base.yaml" "$out/k8s/overlays/prod/kustomization.yaml" "$out/otlp-backend.yaml" prod
+"$tools/python" - "$out/otlp-backend.yaml" <<'PYTHON'
+import sys, yaml
+documents = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+workloads = [d for d in documents if d["kind"] in ("Deployment", "Service", "PersistentVolumeClaim", "ConfigMap")]
+jaeger = [f"{d['kind']}/{d['metadata']['name']}" for d in workloads if d["metadata"]["name"].startswith("jaeger")]
+assert not jaeger, f"otlp-backend in place of jaeger-v2 still renders {jaeger}"
+collector = [d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "otel-collector"][0]
+env = {e["name"]: e for e in collector["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+ref = env["OTLP_BACKEND_ENDPOINT"]["valueFrom"]["configMapKeyRef"]
+backend = [d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == ref["name"]]
+assert backend and ref["key"] in backend[0]["data"], f"the collector's endpoint comes from {ref}, which is not rendered"
+config = [d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("otel-collector-config")]
+exporters = yaml.safe_load(config[0]["data"]["config.yaml"])["service"]["pipelines"]["traces"]["exporters"]
+assert exporters == ["otlp/backend"], f"the collector exports traces to {exporters}"
+PYTHON
+report="$("$tools/kubernetes-validate" --strict --quiet "$out/otlp-backend.yaml" 2>&1)" || { echo "$report"; exit 1; }
+if [[ -n $report ]]; then echo "$report"; exit 1; fi
+"$tools/checkov" --framework kubernetes --skip-download --quiet --compact -f "$out/otlp-backend.yaml" > "$out/checkov-otlp-backend.txt" 2>&1 ||
+  { cat "$out/checkov-otlp-backend.txt"; exit 1; }
+
 rules=deploy/k8s/base/observability/prometheus/rules
 step "promtool check config"
 # The config names its rule files by their path in the container; check it
@@ -166,7 +200,7 @@ sed "s#/etc/prometheus/rules/#$PWD/$rules/#" deploy/k8s/base/observability/prome
 promtool check config "$out/prometheus.yml"
 step "promtool check rules"
 # The NATS alerts live apart from the services' rules (the ConfigMap mounts
-# them together; observability/kustomization.yaml says why).
+# them together; observability/prometheus/kustomization.yaml says why).
 nats_rules=deploy/k8s/base/observability/prometheus/nats
 promtool check rules "$rules"/*.rules.yaml "$nats_rules"/*.rules.yaml
 step "promtool test rules"

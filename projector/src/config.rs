@@ -65,6 +65,14 @@ pub struct Config {
     #[arg(long, env = "READ_STORE_URL", default_value = "sqlite://data/read-model.db", hide_env_values = true)]
     pub read_store_url: shared::secrets::Secret,
 
+    /// Bring the read store's schema up to date on start. `false`: only
+    /// check that the schema this release needs is there (waiting for it
+    /// until it is), so the projector's role needs no right to change the
+    /// schema; `projector migrate` does that as a step of its own, with a
+    /// role that may (deploy/: the projector pod's initContainer).
+    #[arg(long, env = "READ_STORE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub read_store_migrate: bool,
+
     /// Name of the durable JetStream consumer (with several partitions,
     /// `<name>-<k>-of-<n>` per partition). Processes of one name share the
     /// partitions.
@@ -89,4 +97,17 @@ pub struct Config {
     /// acks extend it while a batch is retried.
     #[arg(long, env = "PROJECTOR_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
+}
+
+impl Config {
+    /// The read store, its schema brought up to date first unless
+    /// READ_STORE_MIGRATE is false (then only checked).
+    pub async fn read_store(&self, max_connections: u32) -> Result<read_model::ReadStore, read_model::StoreError> {
+        let url = self.read_store_url.expose();
+        if self.read_store_migrate {
+            read_model::ReadStore::connect(url, max_connections).await
+        } else {
+            read_model::ReadStore::open(url, max_connections).await
+        }
+    }
 }

@@ -54,7 +54,7 @@ async fn run_rebuild(
 ) -> Result<(), ProjectorError> {
     let projections = projection.map_or_else(|| Projection::ALL.to_vec(), |p| vec![p]);
     let stream = try_connect_event_log(&config).await?;
-    let store = ReadStore::connect(config.read_store_url.expose(), 2).await?;
+    let store = config.read_store(2).await?;
     let partitions = config.partitions.get();
     let laid_out = store.progress().await?.partitions();
     if laid_out != partitions {

@@ -96,5 +96,5 @@ pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream:
 async fn connect_store(config: &Config) -> ReadStore {
     // A connection per partition's projector, and a few for the rest.
     let connections = 4 + config.partitions.get();
-    retry::until_ok("the read store", || ReadStore::connect(config.read_store_url.expose(), connections)).await
+    retry::until_ok("the read store", || config.read_store(connections)).await
 }

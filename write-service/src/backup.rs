@@ -247,9 +247,17 @@ fn summarise(dir: &Path, state: &Value) -> BackupSummary {
     }
 }
 
-/// Keeps the newest `keep` backups of `stream` in `dir` (their names sort
-/// by time) and deletes the others.
-fn prune(dir: &Path, stream: &str, keep: usize) -> Result<(), BackupError> {
+/// The newest backup of `stream` in `dir`.
+pub fn latest(dir: &Path, stream: &str) -> Result<PathBuf, BackupError> {
+    backups(dir, stream)?.pop().ok_or_else(|| BackupError::NotABackup {
+        path: dir.to_owned(),
+        reason: format!("it holds no backup of stream {stream}"),
+    })
+}
+
+/// The complete backups of `stream` in `dir`, oldest first (their names
+/// sort by time).
+fn backups(dir: &Path, stream: &str) -> Result<Vec<PathBuf>, BackupError> {
     let prefix = format!("{stream}-");
     let mut backups: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| io(dir, source))?
@@ -260,6 +268,13 @@ fn prune(dir: &Path, stream: &str, keep: usize) -> Result<(), BackupError> {
         .map(|entry| entry.path())
         .collect();
     backups.sort();
+    Ok(backups)
+}
+
+/// Keeps the newest `keep` backups of `stream` in `dir` and deletes the
+/// others.
+fn prune(dir: &Path, stream: &str, keep: usize) -> Result<(), BackupError> {
+    let backups = backups(dir, stream)?;
     let surplus = backups.len().saturating_sub(keep);
     for old in &backups[..surplus] {
         std::fs::remove_dir_all(old).map_err(|source| io(old, source))?;
@@ -309,6 +324,8 @@ mod tests {
         }
         std::fs::create_dir_all(dir.join(".S-20260104T000000Z.partial")).unwrap();
         prune(&dir, "S", 2).unwrap();
+        assert_eq!(latest(&dir, "S").unwrap(), dir.join("S-20260103T000000Z"));
+        assert!(latest(&dir, "T").is_err());
         let mut left: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();

@@ -106,11 +106,15 @@ pub enum Command {
     /// Recreate the event stream from a backup directory, with the same
     /// positions, configuration and consumers. Refuses while the stream
     /// exists. Stop the write-service first (it would create an empty
-    /// stream when it starts), and see deploy/README.md "Restoring the
-    /// event log" for the read model.
+    /// stream when it starts), and see deploy/README.md "Backing up and
+    /// restoring the event log" for the read model.
     Restore {
         /// The backup directory (`<EVENT_STREAM>-<UTC time>`).
+        #[arg(long, required_unless_present = "latest_in", conflicts_with = "latest_in")]
+        from: Option<std::path::PathBuf>,
+        /// Or: the newest backup of EVENT_STREAM in this directory (what
+        /// `backup --to-dir` wrote).
         #[arg(long)]
-        from: std::path::PathBuf,
+        latest_in: Option<std::path::PathBuf>,
     },
 }

@@ -33,8 +33,13 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::Restore { from } => {
+        Command::Restore { from, latest_in } => {
             with_nats(&config, "write-service-restore", async |client, stream| {
+                // clap requires one of the two.
+                let from = match from {
+                    Some(from) => from,
+                    None => backup::latest(&latest_in.unwrap_or_default(), stream)?,
+                };
                 backup::restore(client, stream, &from).await.map(|summary| println!("restored {summary}"))
             })
             .await

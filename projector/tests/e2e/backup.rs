@@ -63,7 +63,7 @@ async fn a_restored_event_log_carries_on_with_the_same_positions_and_read_model(
     jetstream.delete_stream(STREAM).await.unwrap();
     assert!(jetstream.get_stream(STREAM).await.is_err());
 
-    let report = success(write_service(&nats, &["restore", "--from", backup]).await);
+    let report = success(write_service(&nats, &["restore", "--latest-in", to_dir]).await);
     assert!(report.contains(&format!("positions 1..={}", last.position)), "{report}");
     assert!(messages(&nats, last.position).await == log, "the restored log differs from the backed-up one");
 

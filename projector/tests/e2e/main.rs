@@ -16,6 +16,7 @@ mod promql;
 mod queries;
 mod rebuild;
 mod rehearsal;
+mod roles;
 mod run_local;
 mod security;
 mod soak;
