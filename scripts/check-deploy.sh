@@ -12,6 +12,7 @@
 #     pass (`promtool`); the Alertmanager config checks (`amtool`),
 #   - every project image in the rendered overlays comes from the overlay's
 #     `images:` (no placeholder left, an explicit registry, digests in prod),
+#   - NATS's GOMEMLIMIT in each overlay is about 75 % of its memory limit,
 #   - the GitHub workflows validate against their schema and pass zizmor's
 #     security audits (pedantic: any finding fails),
 #   - the compose file resolves, where a compose binary exists.
@@ -102,6 +103,26 @@ if problems:
     sys.exit(f"check-deploy: project images in {overlay}:\n  " + "\n  ".join(problems))
 PYTHON
 
+# NATS's GOMEMLIMIT is a value, set by hand beside its container's memory
+# limit (a fraction of it cannot be expressed): it must stay below the
+# limit, about 75 % of it, wherever an overlay changes either.
+cat > "$out/gomemlimit.py" <<'PYTHON'
+import re, sys, yaml
+units = {"": 1, "B": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+def size(value):
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value)).groups()
+    return float(number) * units[unit]
+statefulsets = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats"]
+assert statefulsets, "no nats StatefulSet rendered"
+for doc in statefulsets:
+    nats = [c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == "nats"][0]
+    env = {e["name"]: e.get("value") for e in nats.get("env", [])}
+    limit = nats["resources"]["limits"]["memory"]
+    assert env.get("GOMEMLIMIT"), "the nats container sets no GOMEMLIMIT"
+    ratio = size(env["GOMEMLIMIT"]) / size(limit)
+    assert 0.7 <= ratio <= 0.85, f"nats: GOMEMLIMIT {env['GOMEMLIMIT']} is {ratio:.0%} of limits.memory {limit}, not about 75 %: change them together"
+PYTHON
+
 for overlay in deploy/k8s/overlays/*/; do
   name="$(basename "$overlay")"
   rendered="$out/$name.yaml"
@@ -110,6 +131,7 @@ for overlay in deploy/k8s/overlays/*/; do
 
   step "project images $name"
   "$tools/python" "$out/images.py" "$out/base.yaml" "${overlay%/}/kustomization.yaml" "$rendered" "$name"
+  "$tools/python" "$out/gomemlimit.py" "$rendered"
 
   step "kubernetes-validate --strict $name"
   # --quiet prints only warnings and failures: any output fails the check.

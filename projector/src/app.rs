@@ -399,6 +399,43 @@ impl Projector {
         }
     }
 
+    /// Whether the read model is a projection of this log. After a restore
+    /// from a backup older than the read model the log can end before the
+    /// read model's checkpoint, or, once written to again, hold other events
+    /// at positions the read model has applied, which the projector would
+    /// skip. The event at the history checkpoint must be the one its row
+    /// came from: same account, version, position and time.
+    async fn check_same_log(&self, applied: u64) -> Result<(), ProjectorError> {
+        if applied == 0 {
+            return Ok(());
+        }
+        let differs = |why: String| Err(ProjectorError::NotThisLog { applied, why });
+        let last = self.stream.get_info().await.map_err(ProjectorError::event_log)?.state.last_sequence;
+        if last < applied {
+            return differs(format!("the log ends at position {last}"));
+        }
+        let message = self.stream.direct_get(applied).await.map_err(ProjectorError::event_log)?;
+        let header = |name: &str| message.headers.get(name).map(|value| value.as_str());
+        let read = EventRecord::read(applied, &message.subject, &self.names.subject_prefix, header, &message.payload);
+        // Not an event: set aside as a dead letter, nothing to compare.
+        let Ok(event) = read else { return Ok(()) };
+        let row = self.store.history(&event.account_id, event.version - 1, 1).await?.into_iter().next();
+        match row {
+            Some(row)
+                if row.version == event.version
+                    && row.position == applied
+                    && row.occurred_at_us == event.occurred_at_us =>
+            {
+                Ok(())
+            }
+            None if self.store.is_dead_letter(applied).await? => Ok(()),
+            _ => differs(format!(
+                "the log's event there ({} version {}) is not the one the read model applied",
+                event.account_id, event.version
+            )),
+        }
+    }
+
     /// Recreates the durable consumer at the lowest checkpoint + 1 and
     /// opens its message stream.
     async fn position_consumer(&self, config: &Config) -> Result<pull::Stream, ProjectorError> {
@@ -410,6 +447,7 @@ impl Projector {
             self.partitions.owned.iter().map(|p| progress.partition(*p)).collect::<Vec<_>>().iter(),
         );
         self.telemetry.set_checkpoints(checkpoints);
+        self.check_same_log(checkpoints.account_history).await?;
         let start = checkpoints.min() + 1;
         // A durable consumer cannot change its start; recreate it. Nothing
         // is lost: whatever it had delivered but not acked is above the

@@ -11,6 +11,16 @@ pub enum ProjectorError {
     /// NATS or JetStream refused a request.
     #[error("event log: {0}")]
     EventLog(String),
+    /// The read model was projected from another log than the stream now
+    /// holds: a log restored from a backup older than the read model, or
+    /// replaced. Projecting on would skip the log's events at positions the
+    /// read model has already applied; a rebuild projects it again.
+    #[error(
+        "the read model does not match the event log: it has applied events up to position {applied}, but {why}. \
+         The log was probably restored from an older backup: project the read model again with `projector \
+         rebuild` (deploy/README.md, \"Backing up and restoring the event log\")"
+    )]
+    NotThisLog { applied: u64, why: String },
     /// Settings that cannot work together.
     #[error("{0}")]
     Settings(String),

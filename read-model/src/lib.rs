@@ -485,6 +485,15 @@ impl ReadStore {
         read_progress(&self.pool).await
     }
 
+    /// Whether the event at `position` was set aside as a dead letter.
+    pub async fn is_dead_letter(&self, position: u64) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS found FROM dead_letters WHERE position = $1")
+            .bind(to_i64(position))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Every dead letter, in log order.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         let rows = sqlx::query(

@@ -154,3 +154,82 @@ fn success(output: Output) -> String {
     assert!(output.status.success(), "write-service failed: {stderr}");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Restoring a backup older than the read model: the read store holds
+/// events the log lost, and once the write side is back, the log holds other
+/// events at their positions. The projector refuses to project on (it would
+/// skip them as applied) until `projector rebuild` has projected the log
+/// again; then the read model is the restored log's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_ahead_of_a_restored_log_is_refused_until_rebuilt() {
+    let nats = NatsServer::start().await;
+    let store = Store::sqlite();
+    let write = spawn_write_service(&nats.url()).await;
+    let mut projector = ProjectorProcess::spawn(&nats.url(), &store.url(), &[]).await;
+    let read = spawn_read_service(&store.url(), &[]).await;
+    let mut commands = AccountCommandServiceClient::new(channel(write.addr));
+    let queries = AccountQueryServiceClient::new(channel(read.addr));
+    let open =
+        |id: &str| pb::OpenAccountRequest { account_id: id.into(), owner: "Owner".into(), command_id: String::new() };
+    commands.open_account(open("kept")).await.unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let to_dir = backups.path().to_str().unwrap();
+    success(write_service(&nats, &["backup", "--to-dir", to_dir]).await);
+    // After the backup: lost with the stream.
+    commands.open_account(open("lost")).await.unwrap();
+    let mut last = 0;
+    for _ in 0..3 {
+        last = commands.deposit_funds(deposit("lost", 10, "")).await.unwrap().into_inner().position;
+    }
+    read_side(&queries, &["lost".to_owned()], last).await;
+
+    drop(write);
+    projector.kill().await;
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    jetstream.delete_stream(STREAM).await.unwrap();
+    success(write_service(&nats, &["restore", "--latest-in", to_dir]).await);
+    // The write side comes back first and writes past the read model's
+    // checkpoint: other events at the positions it applied.
+    let write = spawn_write_service(&nats.url()).await;
+    let mut commands = AccountCommandServiceClient::new(channel(write.addr));
+    let mut after = 0;
+    for _ in 0..last + 1 {
+        after = commands.deposit_funds(deposit("kept", 1, "")).await.unwrap().into_inner().position;
+    }
+    assert!(after > last);
+
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let mut refused = crate::helpers::projector_command(&nats.url(), &store.url())
+        .env("LISTEN_ADDR", addr.to_string())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(refused.stderr.take().unwrap());
+    let said = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut line = String::new();
+        while tokio::io::AsyncBufReadExt::read_line(&mut stderr, &mut line).await.unwrap() > 0 {
+            if line.contains("the read model does not match the event log") {
+                return line;
+            }
+            line.clear();
+        }
+        panic!("the projector stopped without saying why");
+    })
+    .await
+    .expect("the projector refuses a read model ahead of the restored log");
+    assert!(said.contains("projector rebuild"), "{said}");
+    let lost = queries.clone().get_account(pb::GetAccountRequest { account_id: "kept".into(), min_position: 0 }).await;
+    assert_eq!(lost.unwrap().into_inner().balance, 0, "nothing was projected on top of the stale read model");
+
+    let rebuilt = crate::helpers::projector_command(&nats.url(), &store.url()).arg("rebuild").output().await.unwrap();
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    // The refusing projector (still retrying) now projects on.
+    crate::helpers::wait_for_health(addr, tonic_health::pb::health_check_response::ServingStatus::Serving).await;
+    let kept = read_side(&queries, &["kept".to_owned()], after).await;
+    assert_eq!(kept[0].0.balance, i64::try_from(last + 1).unwrap());
+    let gone =
+        queries.clone().get_account(pb::GetAccountRequest { account_id: "lost".into(), min_position: after }).await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound, "the read model is the restored log's");
+    drop(refused);
+}
