@@ -20,11 +20,7 @@ use std::{collections::HashMap, future::Future, pin::pin, sync::Arc, time::Durat
 
 use async_nats::{
     HeaderMap,
-    jetstream::{
-        self, AckKind,
-        consumer::{AckPolicy, DeliverPolicy, ReplayPolicy, pull},
-        stream::DirectGetErrorKind,
-    },
+    jetstream::{self, AckKind, stream::DirectGetErrorKind},
 };
 use futures::{FutureExt, StreamExt};
 use read_model::{Checkpoints, DeadLetter, Projection, ReadStore, StoreError};
@@ -42,6 +38,8 @@ use crate::{
     error::ProjectorError,
     telemetry::{Handled, Outcome, ProjectionTelemetry, Traffic},
 };
+
+pub(crate) mod consumer;
 
 /// An event as delivered by JetStream.
 #[derive(Debug, Clone)]
@@ -296,7 +294,7 @@ impl Projector {
                 () = &mut shutdown => return Ok(()),
                 consumer = self.position_consumer(config) => consumer,
             };
-            let mut messages = match consumer {
+            let messages = match consumer {
                 Ok(messages) => {
                     backoff.reset();
                     set_health(&health, ServingStatus::Serving).await;
@@ -311,13 +309,14 @@ impl Projector {
                     }
                 }
             };
+            let mut batches = pin!(consumer::arrived(messages, config.batch_size.get()));
             loop {
-                let first = tokio::select! {
+                let next = tokio::select! {
                     () = &mut shutdown => return Ok(()),
-                    next = messages.next() => next,
+                    next = batches.next() => next,
                 };
-                let mut batch = match first {
-                    Some(Ok(message)) => vec![message],
+                let batch = match next {
+                    Some(Ok(batch)) => batch,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "the consumer's message stream failed; repositioning");
                         set_health(&health, ServingStatus::NotServing).await;
@@ -325,14 +324,6 @@ impl Projector {
                     }
                     None => break,
                 };
-                // Take whatever else has already arrived, without waiting:
-                // small batches when idle (low lag), large under a backlog.
-                while batch.len() < config.batch_size.get() {
-                    match messages.next().now_or_never() {
-                        Some(Some(Ok(message))) => batch.push(message),
-                        _ => break,
-                    }
-                }
                 let delivered: Vec<Delivered> = batch.iter().map(Delivered::from_message).collect::<Result<_, _>>()?;
                 let mut failed = false;
                 let report = loop {
@@ -397,93 +388,6 @@ impl Projector {
                 Err(error) => tracing::debug!(%error, "cannot measure the staleness"),
             }
         }
-    }
-
-    /// Whether the read model is a projection of this log. After a restore
-    /// from a backup older than the read model the log can end before the
-    /// read model's checkpoint, or, once written to again, hold other events
-    /// at positions the read model has applied, which the projector would
-    /// skip. The event at the history checkpoint must be the one its row
-    /// came from: same account, version, position and time.
-    async fn check_same_log(&self, applied: u64) -> Result<(), ProjectorError> {
-        if applied == 0 {
-            return Ok(());
-        }
-        let differs = |why: String| Err(ProjectorError::NotThisLog { applied, why });
-        let last = self.stream.get_info().await.map_err(ProjectorError::event_log)?.state.last_sequence;
-        if last < applied {
-            return differs(format!("the log ends at position {last}"));
-        }
-        let message = self.stream.direct_get(applied).await.map_err(ProjectorError::event_log)?;
-        let header = |name: &str| message.headers.get(name).map(|value| value.as_str());
-        let read = EventRecord::read(applied, &message.subject, &self.names.subject_prefix, header, &message.payload);
-        // Not an event: set aside as a dead letter, nothing to compare.
-        let Ok(event) = read else { return Ok(()) };
-        let row = self.store.history(&event.account_id, event.version - 1, 1).await?.into_iter().next();
-        match row {
-            Some(row)
-                if row.version == event.version
-                    && row.position == applied
-                    && row.occurred_at_us == event.occurred_at_us =>
-            {
-                Ok(())
-            }
-            None if self.store.is_dead_letter(applied).await? => Ok(()),
-            _ => differs(format!(
-                "the log's event there ({} version {}) is not the one the read model applied",
-                event.account_id, event.version
-            )),
-        }
-    }
-
-    /// Recreates the durable consumer at the lowest checkpoint + 1 and
-    /// opens its message stream.
-    async fn position_consumer(&self, config: &Config) -> Result<pull::Stream, ProjectorError> {
-        let progress = self.store.progress().await?;
-        if progress.partitions() != self.partitions.count {
-            return Err(StoreError::Partitions { found: progress.partitions(), wanted: self.partitions.count }.into());
-        }
-        let checkpoints = Checkpoints::lowest(
-            self.partitions.owned.iter().map(|p| progress.partition(*p)).collect::<Vec<_>>().iter(),
-        );
-        self.telemetry.set_checkpoints(checkpoints);
-        self.check_same_log(checkpoints.account_history).await?;
-        let start = checkpoints.min() + 1;
-        // A durable consumer cannot change its start; recreate it. Nothing
-        // is lost: whatever it had delivered but not acked is above the
-        // checkpoint and is delivered again.
-        let _ = self.stream.delete_consumer(&self.consumer).await;
-        let batch = config.batch_size.get();
-        let consumer = self
-            .stream
-            .create_consumer(pull::Config {
-                durable_name: Some(self.consumer.clone()),
-                description: Some("bank projector: account_summary, account_history".into()),
-                filter_subject: self.names.all_accounts_subject(),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                // Applied in order and acked after the commit: acking the
-                // batch's last event acks the rest (one ack per batch, not
-                // per event; a partition's consumer sees every event).
-                ack_policy: AckPolicy::All,
-                ack_wait: config.ack_wait,
-                // Never give up on an event: poison is handled here, with a
-                // dead letter, not by JetStream silently dropping it.
-                max_deliver: -1,
-                max_ack_pending: i64::try_from(batch * 2).unwrap_or(i64::MAX),
-                replay_policy: ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(ProjectorError::event_log)?;
-        tracing::info!(start, consumer = %self.consumer, "consuming the event log");
-        consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(ProjectorError::event_log)
     }
 }
 

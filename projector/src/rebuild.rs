@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use read_model::{Projection, StoreError};
 
 use crate::{
-    app::{Delivered, Projector},
+    app::{Delivered, Projector, consumer::arrived},
     error::ProjectorError,
 };
 
@@ -65,16 +65,19 @@ pub async fn rebuild(
             .create_consumer(OrderedConfig { filter_subject, deliver_policy: DeliverPolicy::All, ..Default::default() })
             .await
             .map_err(ProjectorError::event_log)?;
-        let mut messages = consumer.messages().await.map_err(ProjectorError::event_log)?;
+        let messages = consumer.messages().await.map_err(ProjectorError::event_log)?;
+        let mut arrivals = std::pin::pin!(arrived(messages, batch_size));
         while position < last {
-            let Some(first) = messages.next().await else { break };
-            let mut batch = vec![first.map_err(ProjectorError::event_log)?];
-            while batch.len() < batch_size {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    _ => break,
+            let batch = match arrivals.next().await {
+                Some(Ok(batch)) => batch,
+                // The ordered consumer recreates itself after the last
+                // message it delivered: the replay goes on, in order.
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "the replay's consumer failed; it resumes where it was");
+                    continue;
                 }
-            }
+                None => break,
+            };
             let delivered: Vec<Delivered> = batch.iter().map(Delivered::from_message).collect::<Result<_, _>>()?;
             batches += 1;
             let report = loop {
