@@ -182,7 +182,7 @@ impl BaselineLog {
         let publish = jetstream::message::PublishMessage::build()
             .payload(event.encode(account_id).into())
             .headers(message_headers)
-            .message_id(event_id);
+            .message_id(envelope.message_id());
         let ack = self
             .jetstream
             .send_publish(self.names.account_subject(account_id), publish)

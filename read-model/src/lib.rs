@@ -3,7 +3,10 @@
 //! ([`ReadStore::begin`], [`ProjectionBatch`]); read-service only reads.
 //!
 //! One code path serves both stores through sqlx's `Any` driver: the SQL is
-//! portable (`$N` parameters work on both), only the migrations differ.
+//! portable (`$N` parameters work on both), and where the stores must
+//! differ the code branches on [`Backend`] (`?` placeholders in generated
+//! SQLite statements, `last_histories`, the batch's locking, leases);
+//! the migrations are written once per store (docs/adr/0008).
 
 use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
 
@@ -56,8 +59,8 @@ pub enum StoreError {
     NeedsPostgres(&'static str),
     /// The read store's schema is missing or older than this build reads.
     #[error(
-        "the read store's schema is at migration {applied}, this release reads {needed}: the projector of this \
-         release brings it up to date on start (or run `projector migrate`)"
+        "the read store's schema is at migration {applied}, this release reads {needed}: run `projector migrate` \
+         of this release (or start its projector with READ_STORE_MIGRATE=true, the default)"
     )]
     Schema { applied: i64, needed: i64 },
     /// A row holds a value this version does not know.
@@ -305,7 +308,8 @@ pub struct ReadStore {
 
 impl ReadStore {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and brings the
-    /// schema up to date: the projector's way in (it owns the schema). A
+    /// schema up to date: the way in of whoever migrates (`projector
+    /// migrate`, or the projector with `READ_STORE_MIGRATE=true`). A
     /// SQLite file (and its folder) is created if missing and put in WAL
     /// mode, so readers in other processes never block the writer.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
@@ -766,7 +770,6 @@ impl ProjectionBatch {
 /// Rows per multi-row statement: well under SQLite's 32,766 parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// `$1, $2, $3` for `count` values.
 /// The `n`th (from 1) bind parameter of a statement. SQLite gets anonymous
 /// `?`: it resolves `$n` by name, and the driver asks for every parameter's
 /// name, a linear search each, so a statement of thousands of `$n`
@@ -779,6 +782,7 @@ fn parameter(backend: Backend, n: usize) -> String {
     }
 }
 
+/// `$1, $2, $3` (or `?, ?, ?`) for `count` values.
 fn list_placeholders(backend: Backend, count: usize) -> String {
     (1..=count).map(|n| parameter(backend, n)).collect::<Vec<_>>().join(", ")
 }

@@ -14,7 +14,7 @@ use shared::{
         self as pb,
         account_query_service_server::{AccountQueryService, AccountQueryServiceServer},
     },
-    validation::{AccountId, ValidationError},
+    validation::{AccountId, Owner, ValidationError},
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
@@ -123,29 +123,15 @@ impl AccountQueryService for QueryService {
     }
 }
 
-/// The owner filter: the same limits as an owner's name.
+/// The owner filter: an owner's name, as the write side accepts it.
 fn validate_owner(owner: String) -> Result<String, ValidationError> {
-    if owner.chars().count() > 200 || owner.chars().any(char::is_control) {
-        return Err(ValidationError::new("owner", "must be at most 200 characters without control characters"));
-    }
-    Ok(owner)
+    Owner::parse(owner).map(Owner::into_inner)
 }
 
 /// The time left before the client's deadline (`grpc-timeout`), less a
 /// margin so that the answer (even UNAVAILABLE) arrives before it.
 fn deadline(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = amount.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    };
+    let timeout = shared::deadline::parse(metadata.get(shared::deadline::GRPC_TIMEOUT)?.to_str().ok()?)?;
     Some(timeout.mul_f64(0.9))
 }
 

@@ -1,5 +1,5 @@
 //! The read side's own telemetry: the `query.<Type>` span and the query
-//! metrics (`cqrs.query.duration`, `cqrs.query.total`,
+//! metrics (`cqrs.query.duration`, `cqrs.query`,
 //! `cqrs.query.result_size`, `cqrs.query.consistency_wait`). The SERVER
 //! span and `rpc.server.call.duration` come from `shared::grpc_telemetry`.
 

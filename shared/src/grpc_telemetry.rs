@@ -124,21 +124,9 @@ pub struct GrpcServerTelemetry<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// The request's `grpc-timeout` (`<1-8 digits><unit>`), if well formed.
+/// The request's `grpc-timeout`, if well formed.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let timeout = headers.get("grpc-timeout")?.to_str().ok()?;
-    let digits = timeout.len().checked_sub(1).filter(|&n| (1..=8).contains(&n))?;
-    let value: u64 =
-        timeout[..digits].bytes().all(|b| b.is_ascii_digit()).then(|| timeout[..digits].parse().ok())??;
-    Some(match &timeout[digits..] {
-        "H" => Duration::from_secs(value * 3600),
-        "M" => Duration::from_secs(value * 60),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
-        _ => return None,
-    })
+    crate::deadline::parse(headers.get(crate::deadline::GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
 /// Whether the request's `grpc-timeout` is zero: the client's deadline

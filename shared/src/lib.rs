@@ -4,6 +4,7 @@
 //! trace-context propagation ([`propagation`]), gRPC server instrumentation
 //! ([`grpc_telemetry`]) and the shutdown signal ([`shutdown`]).
 
+pub mod deadline;
 pub mod event_log;
 pub mod events;
 pub mod grpc_server;

@@ -1,5 +1,7 @@
 //! W3C trace-context and baggage propagation in and out of gRPC metadata
-//! (HTTP/2 headers) and NATS message headers.
+//! (HTTP/2 headers); into NATS message headers only the `traceparent`.
+//! Coming in either way, a `traceparent` of the wrong shape is ignored
+//! (docs/adr/0009).
 //!
 //! The propagator is fixed to W3C TraceContext + Baggage rather than taken
 //! from the global one: it is part of the event log's contract (the

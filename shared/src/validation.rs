@@ -1,6 +1,7 @@
 //! Validation of values that cross service boundaries: the account id is
-//! a NATS subject token on the write side and a key on the read side, so
-//! both sides accept exactly the same ids.
+//! a NATS subject token on the write side and a key on the read side, and
+//! an owner's name is written on one side and filtered on on the other, so
+//! both sides accept exactly the same values.
 
 use std::fmt;
 
@@ -63,9 +64,52 @@ impl fmt::Display for AccountId {
     }
 }
 
+/// An account holder's name: 1 to 200 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(String);
+
+impl Owner {
+    /// The longest name accepted, in characters.
+    pub const MAX_CHARS: usize = 200;
+
+    /// Validates `value` as the request field `owner`.
+    pub fn parse(value: String) -> Result<Self, ValidationError> {
+        const FIELD: &str = "owner";
+        if value.trim().is_empty() {
+            return Err(ValidationError::new(FIELD, "is required"));
+        }
+        let chars = value.chars().count();
+        if chars > Self::MAX_CHARS {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("is {chars} characters long; at most {} are allowed", Self::MAX_CHARS),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(ValidationError::new(FIELD, "contains a control character"));
+        }
+        Ok(Self(value))
+    }
+
+    /// The name as a string.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_need_one_to_200_characters_without_control_characters() {
+        assert!(Owner::parse(String::new()).is_err());
+        assert!(Owner::parse("   ".into()).is_err());
+        assert!(Owner::parse("Ada\nLovelace".into()).is_err());
+        assert!(Owner::parse("é".repeat(201)).is_err());
+        assert!(Owner::parse("é".repeat(200)).is_ok());
+        assert!(Owner::parse("Ada Lovelace".into()).is_ok());
+    }
 
     #[test]
     fn account_ids_that_could_change_a_nats_subject_are_rejected() {

@@ -7,7 +7,8 @@
 //!   refused by JetStream and decided again on fresh state);
 //! - a command is never *refused* on cached state: the cache may trail other
 //!   replicas, so a refusal is confirmed against the log first;
-//! - a retry with the same `command_id` returns the original reply: an
+//! - a retry with the same `command_id` returns the original reply: from
+//!   the reply cache if this replica remembers it; otherwise an
 //!   accepted one by JetStream's deduplication of its `Nats-Msg-Id`; a
 //!   refused one (e.g. OpenAccount again) from the account's recent
 //!   commands, read from the log before the refusal is returned.

@@ -34,7 +34,8 @@ pub struct Config {
 
     /// Replicas of the event stream when this service creates it: 1 for a
     /// single server, 3 for a 3-node JetStream cluster. An existing stream
-    /// is left as it is.
+    /// is never changed: one with another number of replicas keeps the
+    /// service NOT_SERVING, saying so, until the two agree.
     #[arg(long, env = "EVENT_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
 
