@@ -12,19 +12,15 @@ use testkit::NatsServer;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{PREFIX, ProjectorProcess, STREAM, Store, channel, spawn_read_service, spawn_write_service},
+    helpers::{InProcess, PREFIX, ProjectorProcess, STREAM, Store, channel, spawn_read_service, spawn_write_service},
     telemetry::binary,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_event_log_carries_on_with_the_same_positions_and_read_model() {
-    let nats = NatsServer::start().await;
-    let store = Store::sqlite();
-    let write = spawn_write_service(&nats.url()).await;
-    let mut projector = ProjectorProcess::spawn(&nats.url(), &store.url(), &[]).await;
-    let read = spawn_read_service(&store.url(), &[]).await;
-    let mut commands = AccountCommandServiceClient::new(channel(write.addr));
-    let queries = AccountQueryServiceClient::new(channel(read.addr));
+    let (nats, store) = (NatsServer::start().await, Store::sqlite());
+    let system = System::start(&nats, &store).await;
+    let (mut commands, queries) = (system.commands.clone(), system.queries.clone());
 
     // Some history, ending with a command the client will retry later.
     let ids: Vec<String> = (0..6).map(|i| format!("acc-{i}")).collect();
@@ -57,11 +53,7 @@ async fn a_restored_event_log_carries_on_with_the_same_positions_and_read_model(
     assert!(!refused.status.success() && stderr.contains(&format!("the stream {STREAM} exists")), "{stderr}");
 
     // The disaster: the write side and the projector stop, the stream is gone.
-    drop(write);
-    projector.kill().await;
-    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    jetstream.delete_stream(STREAM).await.unwrap();
-    assert!(jetstream.get_stream(STREAM).await.is_err());
+    let _read = system.lose_the_stream(&nats).await;
 
     let report = success(write_service(&nats, &["restore", "--latest-in", to_dir]).await);
     assert!(report.contains(&format!("positions 1..={}", last.position)), "{report}");
@@ -84,6 +76,38 @@ async fn a_restored_event_log_carries_on_with_the_same_positions_and_read_model(
         .into_inner();
     assert_eq!(account.balance, (100 + 250 + 7) * 6 + 5, "the new event is projected on top of the restored ones");
     assert_eq!(account.position, next.position);
+}
+
+/// The system on a NATS server and a read store.
+struct System {
+    write: InProcess,
+    projector: ProjectorProcess,
+    _read: InProcess,
+    commands: AccountCommandServiceClient<Channel>,
+    queries: AccountQueryServiceClient<Channel>,
+}
+
+impl System {
+    async fn start(nats: &NatsServer, store: &Store) -> Self {
+        let write = spawn_write_service(&nats.url()).await;
+        let projector = ProjectorProcess::spawn(&nats.url(), &store.url(), &[]).await;
+        let read = spawn_read_service(&store.url(), &[]).await;
+        let commands = AccountCommandServiceClient::new(channel(write.addr));
+        let queries = AccountQueryServiceClient::new(channel(read.addr));
+        Self { write, projector, _read: read, commands, queries }
+    }
+
+    /// The disaster: the write side and the projector stop, the stream is
+    /// deleted. The read side stays up (returned, to keep it running).
+    async fn lose_the_stream(self, nats: &NatsServer) -> InProcess {
+        let Self { write, mut projector, _read: read, .. } = self;
+        drop(write);
+        projector.kill().await;
+        let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        jetstream.delete_stream(STREAM).await.unwrap();
+        assert!(jetstream.get_stream(STREAM).await.is_err());
+        read
+    }
 }
 
 fn deposit(id: &str, amount: i64, command_id: &str) -> pb::DepositFundsRequest {
@@ -162,13 +186,9 @@ fn success(output: Output) -> String {
 /// again; then the read model is the restored log's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_model_ahead_of_a_restored_log_is_refused_until_rebuilt() {
-    let nats = NatsServer::start().await;
-    let store = Store::sqlite();
-    let write = spawn_write_service(&nats.url()).await;
-    let mut projector = ProjectorProcess::spawn(&nats.url(), &store.url(), &[]).await;
-    let read = spawn_read_service(&store.url(), &[]).await;
-    let mut commands = AccountCommandServiceClient::new(channel(write.addr));
-    let queries = AccountQueryServiceClient::new(channel(read.addr));
+    let (nats, store) = (NatsServer::start().await, Store::sqlite());
+    let system = System::start(&nats, &store).await;
+    let (mut commands, queries) = (system.commands.clone(), system.queries.clone());
     let open =
         |id: &str| pb::OpenAccountRequest { account_id: id.into(), owner: "Owner".into(), command_id: String::new() };
     commands.open_account(open("kept")).await.unwrap();
@@ -183,10 +203,7 @@ async fn a_read_model_ahead_of_a_restored_log_is_refused_until_rebuilt() {
     }
     read_side(&queries, &["lost".to_owned()], last).await;
 
-    drop(write);
-    projector.kill().await;
-    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    jetstream.delete_stream(STREAM).await.unwrap();
+    let _read = system.lose_the_stream(&nats).await;
     success(write_service(&nats, &["restore", "--latest-in", to_dir]).await);
     // The write side comes back first and writes past the read model's
     // checkpoint: other events at the positions it applied.
