@@ -13,14 +13,8 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
     pub listen_addr: SocketAddr,
 
-    /// Also answer health checks, in plaintext, on this address (for
-    /// kubelet gRPC probes, which cannot speak TLS). Unset: health is only
-    /// on LISTEN_ADDR.
-    #[arg(long, env = "HEALTH_LISTEN_ADDR")]
-    pub health_listen_addr: Option<SocketAddr>,
-
     #[command(flatten)]
-    pub tls: shared::grpc_tls::ServerTlsArgs,
+    pub server: shared::grpc_server::ServerArgs,
 
     /// The read store the projector writes: `sqlite://PATH` or
     /// `postgres://USER:PASSWORD@HOST/DB`.
@@ -41,19 +35,4 @@ pub struct Config {
     /// secret per process (fine for one local replica).
     #[arg(long, env = "PAGE_TOKEN_SECRET", hide_env_values = true)]
     pub page_token_secret: Option<shared::secrets::Secret>,
-
-    /// Largest request message accepted, in bytes.
-    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
-    pub max_request_bytes: usize,
-
-    /// On SIGTERM, how long in-flight requests may take to finish.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
-
-    /// Connections older than this are asked to reconnect (HTTP/2 GOAWAY,
-    /// in-flight calls finish within SHUTDOWN_GRACE), so that long-lived
-    /// clients spread over new replicas after a scale-up or a rolling update
-    /// instead of staying pinned to the pods they first reached.
-    #[arg(long, env = "MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub max_connection_age: Duration,
 }

@@ -7,13 +7,9 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use read_model::ReadStore;
 use shared::{
-    grpc_server::{self, Drain, HealthOnly, ServeError},
-    grpc_telemetry::GrpcServerTelemetryLayer,
-    grpc_tls::{self, Certificates},
+    grpc_server::{self, BoundServer, ServeError},
     retry,
 };
-use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{app::Queries, config::Config, domain::PageTokens, grpc::QueryService};
@@ -41,10 +37,7 @@ impl From<tonic::transport::Error> for StartupError {
 
 /// A bound, not yet running read-service.
 pub struct Application {
-    listener: TcpListener,
-    health_only: HealthOnly,
-    server: Server,
-    certificates: Option<Arc<Certificates>>,
+    server: BoundServer,
     config: Config,
     page_token_key: Vec<u8>,
 }
@@ -53,10 +46,7 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and loads the TLS
     /// files, so that a bad address or certificate stops the start.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let certificates = config.tls.certificates()?;
-        let server = grpc_server::server(config.max_connection_age, config.shutdown_grace);
-        let listener = grpc_server::bind(config.listen_addr).await?;
-        let health_only = HealthOnly::bind(config.health_listen_addr).await?;
+        let server = BoundServer::bind(config.listen_addr, &config.server).await?;
         let page_token_key = match &config.page_token_secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
             None => {
@@ -64,12 +54,12 @@ impl Application {
                 random_key()?
             }
         };
-        Ok(Self { listener, health_only, server, certificates, config, page_token_key })
+        Ok(Self { server, config, page_token_key })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.config.listen_addr)
+        self.server.local_addr()
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests.
@@ -77,24 +67,13 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Self { listener, health_only, server, certificates, config, page_token_key } = self;
-        let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
-        let _health_only = health_only.serve(health_service.clone());
-
+        let Self { server, config, page_token_key } = self;
+        let health = grpc_server::health(SERVICE_NAME).await;
         let service = QueryService::default();
         let tokens = PageTokens::new(&page_token_key);
-        let connector = tokio::spawn(connect(config.clone(), tokens, service.queries_slot(), reporter.clone()));
-        let (reflection_v1, reflection_v1alpha) = grpc_server::reflection().map_err(ServeError::from)?;
-        let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
-        tracing::info!(addr = %config.listen_addr, tls = config.tls.cert_file.is_some(), "read-service listening");
-        let server = server
-            .layer(GrpcServerTelemetryLayer::new("read"))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(service.into_server().max_decoding_message_size(config.max_request_bytes))
-            .serve_with_incoming_shutdown(grpc_tls::incoming(listener, certificates), signal);
-        let result = drain.run(server).await.map_err(StartupError::from);
+        let connector = tokio::spawn(connect(config.clone(), tokens, service.queries_slot(), health.0.clone()));
+        let queries = service.into_server().max_decoding_message_size(config.server.max_request_bytes);
+        let result = server.serve("read", SERVICE_NAME, health, queries, shutdown).await.map_err(StartupError::from);
         connector.abort();
         tracing::info!("read-service stopped");
         result

@@ -17,14 +17,8 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub listen_addr: SocketAddr,
 
-    /// Also answer health checks, in plaintext, on this address (for
-    /// kubelet gRPC probes, which cannot speak TLS). Unset: health is only
-    /// on LISTEN_ADDR.
-    #[arg(long, env = "HEALTH_LISTEN_ADDR")]
-    pub health_listen_addr: Option<SocketAddr>,
-
     #[command(flatten)]
-    pub tls: shared::grpc_tls::ServerTlsArgs,
+    pub server: shared::grpc_server::ServerArgs,
 
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -54,24 +48,6 @@ pub struct Config {
     /// (same `command_id`) without touching the event log.
     #[arg(long, env = "REPLY_CACHE_CAPACITY", default_value = "100000")]
     pub reply_cache_capacity: NonZeroUsize,
-
-    /// Largest request message accepted, in bytes; larger ones fail with
-    /// OUT_OF_RANGE ("message length too large") before any work is done.
-    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
-    pub max_request_bytes: usize,
-
-    /// On SIGTERM, how long in-flight requests may take to finish before the
-    /// server stops anyway. Keep it below the pod's
-    /// terminationGracePeriodSeconds.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
-
-    /// Connections older than this are asked to reconnect (HTTP/2 GOAWAY,
-    /// in-flight calls finish within SHUTDOWN_GRACE), so that long-lived
-    /// clients spread over new replicas after a scale-up or a rolling update
-    /// instead of staying pinned to the pods they first reached.
-    #[arg(long, env = "MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub max_connection_age: Duration,
 }
 
 /// The command line: the service by default, or an operation on the event

@@ -13,13 +13,9 @@ use std::{
 
 use async_nats::Event;
 use shared::{
-    grpc_server::{self, Drain, HealthOnly},
-    grpc_telemetry::GrpcServerTelemetryLayer,
-    grpc_tls::{self, Certificates},
+    grpc_server::{self, BoundServer},
     retry,
 };
-use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -37,10 +33,7 @@ pub use shared::grpc_server::ServeError as StartupError;
 
 /// A bound, not yet running write-service.
 pub struct Application {
-    listener: TcpListener,
-    health_only: HealthOnly,
-    server: Server,
-    certificates: Option<Arc<Certificates>>,
+    server: BoundServer,
     config: Config,
 }
 
@@ -48,17 +41,13 @@ impl Application {
     /// Binds the listeners (port 0 picks a free port) and loads the TLS
     /// files, so that a bad address or certificate stops the start.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let certificates = config.tls.certificates()?;
-        let server = grpc_server::server(config.max_connection_age, config.shutdown_grace);
-        let listener = grpc_server::bind(config.listen_addr).await?;
-        let health_only = HealthOnly::bind(config.health_listen_addr).await?;
-        Ok(Self { listener, health_only, server, certificates, config })
+        let server = BoundServer::bind(config.listen_addr, &config.server).await?;
+        Ok(Self { server, config })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        // A bound listener always has a local address.
-        self.listener.local_addr().unwrap_or(self.config.listen_addr)
+        self.server.local_addr()
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests
@@ -67,26 +56,13 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Self { listener, health_only, server, certificates, config } = self;
-        let (reporter, health_service) = grpc_server::health(SERVICE_NAME).await;
-        let _health_only = health_only.serve(health_service.clone());
-
+        let Self { server, config } = self;
+        let health = grpc_server::health(SERVICE_NAME).await;
         let accounts = Arc::new(Accounts::new(config.account_cache_capacity, config.reply_cache_capacity));
-        let connector = tokio::spawn(connect_event_log(config.clone(), Arc::downgrade(&accounts), reporter.clone()));
-
-        let (reflection_v1, reflection_v1alpha) = grpc_server::reflection()?;
+        let connector = tokio::spawn(connect_event_log(config.clone(), Arc::downgrade(&accounts), health.0.clone()));
         let commands =
-            CommandService::server(Arc::clone(&accounts)).max_decoding_message_size(config.max_request_bytes);
-        let (drain, signal) = Drain::new(shutdown, reporter.clone(), SERVICE_NAME, config.shutdown_grace);
-        tracing::info!(addr = %config.listen_addr, tls = config.tls.cert_file.is_some(), "write-service listening");
-        let server = server
-            .layer(GrpcServerTelemetryLayer::new("write"))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(commands)
-            .serve_with_incoming_shutdown(grpc_tls::incoming(listener, certificates), signal);
-        let result = drain.run(server).await.map_err(StartupError::from);
+            CommandService::server(Arc::clone(&accounts)).max_decoding_message_size(config.server.max_request_bytes);
+        let result = server.serve("write", SERVICE_NAME, health, commands, shutdown).await;
         connector.abort();
         tracing::info!("write-service stopped");
         result
