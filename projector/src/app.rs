@@ -53,7 +53,7 @@ pub struct Delivered {
 impl Delivered {
     /// The parts of a JetStream message the projector uses.
     pub fn from_message(message: &jetstream::Message) -> Result<Self, ProjectorError> {
-        let info = message.info().map_err(ProjectorError::event_log)?;
+        let info = message.info().map_err(ProjectorError::event_log("read a message's metadata"))?;
         Ok(Self {
             position: info.stream_sequence,
             subject: message.subject.to_string(),

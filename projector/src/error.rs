@@ -8,9 +8,12 @@ pub enum ProjectorError {
     /// The read store cannot be reached or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// NATS or JetStream refused a request.
-    #[error("event log: {0}")]
-    EventLog(String),
+    /// NATS or JetStream refused a request, or could not be reached.
+    #[error("event log: could not {what}: {source}")]
+    EventLog { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    /// A replay was delivered an event past the one it expected.
+    #[error("the replay skipped ahead of position {expected}; run the rebuild again")]
+    ReplaySkipped { expected: u64 },
     /// The read model was projected from another log than the stream now
     /// holds: a log restored from a backup older than the read model, or
     /// replaced. Projecting on would skip the log's events at positions the
@@ -30,7 +33,10 @@ pub enum ProjectorError {
 }
 
 impl ProjectorError {
-    pub(crate) fn event_log(error: impl std::fmt::Display) -> Self {
-        Self::EventLog(error.to_string())
+    /// `what` failed on the event log, for the error it is given.
+    pub(crate) fn event_log<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+        what: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| Self::EventLog { what, source: source.into() }
     }
 }

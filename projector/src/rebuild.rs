@@ -48,7 +48,8 @@ pub async fn rebuild(
         projector.store().reset(*projection).await?;
     }
     let mut info_stream = stream.clone();
-    let last = info_stream.info().await.map_err(ProjectorError::event_log)?.state.last_sequence;
+    let last =
+        info_stream.info().await.map_err(ProjectorError::event_log("read the stream's state"))?.state.last_sequence;
     let progress = if show_progress { ProgressBar::new(last) } else { ProgressBar::hidden() };
     progress.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events, {per_sec}, eta {eta}")
@@ -64,8 +65,8 @@ pub async fn rebuild(
         let consumer = stream
             .create_consumer(OrderedConfig { filter_subject, deliver_policy: DeliverPolicy::All, ..Default::default() })
             .await
-            .map_err(ProjectorError::event_log)?;
-        let messages = consumer.messages().await.map_err(ProjectorError::event_log)?;
+            .map_err(ProjectorError::event_log("create the replay's consumer"))?;
+        let messages = consumer.messages().await.map_err(ProjectorError::event_log("consume the log"))?;
         let mut arrivals = std::pin::pin!(arrived(messages, batch_size));
         while position < last {
             let batch = match arrivals.next().await {
@@ -89,9 +90,7 @@ pub async fn rebuild(
                 }
             };
             if let Some(expected) = report.gap {
-                return Err(ProjectorError::EventLog(format!(
-                    "the replay skipped ahead of position {expected}; run the rebuild again"
-                )));
+                return Err(ProjectorError::ReplaySkipped { expected });
             }
             // Everything up to here is applied (by us, or by a projector
             // running alongside: then it was a duplicate for us).

@@ -84,13 +84,13 @@ pub async fn try_connect_event_log(config: &Config) -> Result<jetstream::stream:
         .nats
         .connect_options(SERVICE_NAME)
         .await
-        .map_err(ProjectorError::event_log)?
+        .map_err(ProjectorError::event_log("configure the NATS connection"))?
         .max_reconnects(None)
         .connect(config.nats.servers())
         .await
-        .map_err(ProjectorError::event_log)?;
+        .map_err(ProjectorError::event_log("connect to NATS"))?;
     let jetstream = jetstream::ContextBuilder::new().timeout(config.nats.request_timeout).build(client);
-    jetstream.get_stream(&config.event_log.stream).await.map_err(ProjectorError::event_log)
+    jetstream.get_stream(&config.event_log.stream).await.map_err(ProjectorError::event_log("find the event stream"))
 }
 
 async fn connect_store(config: &Config) -> ReadStore {

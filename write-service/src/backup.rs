@@ -47,8 +47,8 @@ pub enum BackupError {
     #[error("{what}: {source}")]
     Request { what: String, source: async_nats::RequestError },
     /// A subscription or publish to NATS failed.
-    #[error("{what}: {reason}")]
-    Nats { what: String, reason: String },
+    #[error("{what}: {source}")]
+    Nats { what: String, source: Box<dyn std::error::Error + Send + Sync> },
     /// JetStream answered with an error.
     #[error("{what}: JetStream refused: {description}")]
     Refused { what: String, description: String },
@@ -124,7 +124,7 @@ async fn snapshot_into(client: &Client, stream: &str, dir: &Path) -> Result<Valu
     let mut chunks = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|error| BackupError::Nats { what: what.clone(), reason: error.to_string() })?;
+        .map_err(|error| BackupError::Nats { what: what.clone(), source: error.into() })?;
     let request = json!({ "deliver_subject": inbox, "chunk_size": CHUNK_BYTES, "jsck": true });
     let answer = api(client, format!("$JS.API.STREAM.SNAPSHOT.{stream}"), request.to_string().into(), &what).await?;
     let meta = json!({ "config": answer["config"], "state": answer["state"] });
@@ -136,7 +136,7 @@ async fn snapshot_into(client: &Client, stream: &str, dir: &Path) -> Result<Valu
         let chunk = tokio::time::timeout(CHUNK_TIMEOUT, chunks.next())
             .await
             .map_err(|_| BackupError::Stalled { what: what.clone(), timeout: CHUNK_TIMEOUT })?
-            .ok_or_else(|| BackupError::Nats { what: what.clone(), reason: "the subscription ended".into() })?;
+            .ok_or_else(|| BackupError::Nats { what: what.clone(), source: "the subscription ended".into() })?;
         // A chunk carries a reply subject, the acknowledgement that lets the
         // server send more, except the last one; the end is an empty
         // message whose status says whether the snapshot completed (204,
@@ -155,7 +155,7 @@ async fn snapshot_into(client: &Client, stream: &str, dir: &Path) -> Result<Valu
             client
                 .publish(ack, Bytes::new())
                 .await
-                .map_err(|error| BackupError::Nats { what: what.clone(), reason: error.to_string() })?;
+                .map_err(|error| BackupError::Nats { what: what.clone(), source: error.into() })?;
         }
     }
     data.sync_all().map_err(|source| io(&data_path, source))?;

@@ -78,8 +78,14 @@ pub enum EventLogError {
     )]
     StreamMismatch { stream: String, problems: Vec<String> },
     /// Any other JetStream failure. The append's outcome is unknown.
-    #[error("JetStream request failed: {0}")]
-    Request(String),
+    #[error("JetStream could not {what}: {source}")]
+    Request { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+/// `what` failed for `source`, a JetStream or NATS error (or a
+/// description of an answer that makes no sense), kept as the cause.
+fn failed(what: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> EventLogError {
+    EventLogError::Request { what, source: source.into() }
 }
 
 impl EventLogError {
@@ -94,7 +100,7 @@ impl EventLogError {
             Self::Unreadable { .. } => "an event of the account cannot be read",
             Self::ServerTooOld { .. } => "the NATS server is too old for this service",
             Self::StreamMismatch { .. } => "the event stream is configured otherwise than this service needs",
-            Self::Request(_) => "JetStream could not take the request, e.g. while it elects a stream leader",
+            Self::Request { .. } => "JetStream could not take the request, e.g. while it elects a stream leader",
         }
     }
 }
@@ -262,8 +268,8 @@ impl EventLog {
         let jetstream = jetstream::ContextBuilder::new().timeout(timeout).build(client.clone());
         let config = stream_config(&names, settings);
         let mut stream =
-            jetstream.get_or_create_stream(config.clone()).await.map_err(|e| EventLogError::Request(e.to_string()))?;
-        let info = stream.info().await.map_err(|e| EventLogError::Request(e.to_string()))?;
+            jetstream.get_or_create_stream(config.clone()).await.map_err(|e| failed("create or find the stream", e))?;
+        let info = stream.info().await.map_err(|e| failed("describe the stream", e))?;
         let problems = mismatches(&info.config, &config);
         if !problems.is_empty() {
             return Err(EventLogError::StreamMismatch { stream: names.stream.clone(), problems });
@@ -323,7 +329,7 @@ impl EventLog {
                     Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => {
                         return Ok((LoadedAccount::default(), Vec::new()));
                     }
-                    Err(error) => return Err(EventLogError::Request(error.to_string())),
+                    Err(error) => return Err(failed("read an account's last event", error)),
                 }
             }
             ReadFrom::Leader => {
@@ -332,7 +338,7 @@ impl EventLog {
                     Err(error) if matches!(error.kind(), LastRawMessageErrorKind::NoMessageFound) => {
                         return Ok((LoadedAccount::default(), Vec::new()));
                     }
-                    Err(error) => return Err(EventLogError::Request(error.to_string())),
+                    Err(error) => return Err(failed("read an account's last event from the leader", error)),
                 }
             }
         };
@@ -387,11 +393,11 @@ impl EventLog {
     async fn read_batch(&self, request: String, replay: &mut Replay) -> Result<bool, EventLogError> {
         let inbox = self.client.new_inbox();
         let mut replies =
-            self.client.subscribe(inbox.clone()).await.map_err(|e| EventLogError::Request(e.to_string()))?;
+            self.client.subscribe(inbox.clone()).await.map_err(|e| failed("subscribe for a batched direct get", e))?;
         self.client
             .publish_with_reply(self.direct_get_subject.clone(), inbox, request.into())
             .await
-            .map_err(|e| EventLogError::Request(e.to_string()))?;
+            .map_err(|e| failed("send a batched direct get", e))?;
         let mut first = true;
         while let Some(message) = replies.next().await {
             match message.status.map(u16::from) {
@@ -405,7 +411,7 @@ impl EventLog {
                     first = false;
                     let position = header(&headers, async_nats::header::NATS_SEQUENCE.as_ref())
                         .and_then(|sequence| sequence.parse().ok())
-                        .ok_or_else(|| EventLogError::Request("a direct get reply has no sequence".into()))?;
+                        .ok_or_else(|| failed("read an account's history", "a direct get reply has no sequence"))?;
                     replay.fold(&headers, &message.payload, position)?;
                 }
                 // End of batch: how many of the account's events are left.
@@ -417,7 +423,10 @@ impl EventLog {
                 Some(404) => return Ok(false),
                 Some(status) => {
                     let description = message.description.unwrap_or_default();
-                    return Err(EventLogError::Request(format!("direct get answered {status} {description}")));
+                    return Err(failed(
+                        "read an account's history",
+                        format!("direct get answered {status} {description}"),
+                    ));
                 }
             }
         }
@@ -509,7 +518,7 @@ impl EventLog {
             PublishErrorKind::WrongLastSequence => EventLogError::Conflict,
             PublishErrorKind::TimedOut => EventLogError::TimedOut(self.timeout),
             PublishErrorKind::BrokenPipe => EventLogError::Disconnected,
-            _ => EventLogError::Request(error.to_string()),
+            _ => failed("append the event", error),
         };
         let mut disconnects = self.disconnects.clone();
         if let Some(disconnects) = &mut disconnects {
@@ -537,7 +546,7 @@ impl EventLog {
         let message = self
             .within_timeout(self.stream.direct_get(position))
             .await?
-            .map_err(|e| EventLogError::Request(e.to_string()))?;
+            .map_err(|e| failed("read the event at a position", e))?;
         header(&message.headers, headers::AGGREGATE_VERSION)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| EventLogError::Unreadable { position, reason: "no aggregate version header".into() })
@@ -607,7 +616,7 @@ pub fn error_type(error: &EventLogError) -> &'static str {
         EventLogError::Unreadable { .. } => "unreadable_event",
         EventLogError::ServerTooOld { .. } => "server_too_old",
         EventLogError::StreamMismatch { .. } => "stream_mismatch",
-        EventLogError::Request(_) => "request_failed",
+        EventLogError::Request { .. } => "request_failed",
     }
 }
 

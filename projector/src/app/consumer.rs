@@ -56,11 +56,21 @@ impl Projector {
             return Ok(());
         }
         let differs = |why: String| Err(ProjectorError::NotThisLog { applied, why });
-        let last = self.stream.get_info().await.map_err(ProjectorError::event_log)?.state.last_sequence;
+        let last = self
+            .stream
+            .get_info()
+            .await
+            .map_err(ProjectorError::event_log("read the stream's state"))?
+            .state
+            .last_sequence;
         if last < applied {
             return differs(format!("the log ends at position {last}"));
         }
-        let message = self.stream.direct_get(applied).await.map_err(ProjectorError::event_log)?;
+        let message = self
+            .stream
+            .direct_get(applied)
+            .await
+            .map_err(ProjectorError::event_log("read the event at the checkpoint"))?;
         let header = |name: &str| message.headers.get(name).map(|value| value.as_str());
         let read = EventRecord::read(applied, &message.subject, &self.names.subject_prefix, header, &message.payload);
         // Not an event: set aside as a dead letter, nothing to compare.
@@ -120,7 +130,7 @@ impl Projector {
                 ..Default::default()
             })
             .await
-            .map_err(ProjectorError::event_log)?;
+            .map_err(ProjectorError::event_log("create the durable consumer"))?;
         tracing::info!(start, consumer = %self.consumer, "consuming the event log");
         consumer
             .stream()
@@ -129,7 +139,7 @@ impl Projector {
             .expires(Duration::from_secs(30))
             .messages()
             .await
-            .map_err(ProjectorError::event_log)
+            .map_err(ProjectorError::event_log("consume the log"))
     }
 }
 
