@@ -14,7 +14,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use crate::{StoreError, fnv1a};
+use crate::{StoreError, progress::fnv1a};
 
 /// The member lock's key within a namespace (partitions are 0, 1, …).
 const MEMBERS: i32 = i32::MAX;
