@@ -44,7 +44,7 @@ fuzz_target!(|message: Message<'_>| {
         assert!(record.version > 0);
         let event = &record.event;
         let reencoded = event.encode(&record.account_id);
-        assert_eq!(AccountEvent::decode(Some(event.type_name()), &reencoded).as_ref(), Ok(event));
+        assert_eq!(AccountEvent::decode(Some(event.type_name()), &record.account_id, &reencoded).as_ref(), Ok(event));
         if let AccountEvent::Deposited { amount } | AccountEvent::Withdrawn { amount } = event {
             assert!(*amount > 0);
         }

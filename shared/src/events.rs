@@ -36,6 +36,10 @@ pub enum DecodeError {
     /// The payload decodes, but breaks the schema's rules (e.g. amount <= 0).
     #[error("invalid {event_type}: {reason}")]
     Invalid { event_type: &'static str, reason: &'static str },
+    /// The payload is another account's event than its subject's: the
+    /// account id travels in both, and they must agree.
+    #[error("the payload is an event of account {found:?}, its subject's account is {expected:?}")]
+    OtherAccount { expected: String, found: String },
 }
 
 impl AccountEvent {
@@ -61,8 +65,10 @@ impl AccountEvent {
         }
     }
 
-    /// Decodes a payload of type `event_type` (the `ce-type` header).
-    pub fn decode(event_type: Option<&str>, payload: &[u8]) -> Result<Self, DecodeError> {
+    /// Decodes a payload of type `event_type` (the `ce-type` header) from
+    /// the subject of `account_id`: the payload's own account id must be
+    /// that one.
+    pub fn decode(event_type: Option<&str>, account_id: &str, payload: &[u8]) -> Result<Self, DecodeError> {
         fn decode_as<M: Message + Default>(event_type: &'static str, bytes: &[u8]) -> Result<M, DecodeError> {
             M::decode(bytes).map_err(|e| DecodeError::Payload { event_type, reason: e.to_string() })
         }
@@ -73,25 +79,29 @@ impl AccountEvent {
                 Err(DecodeError::Invalid { event_type, reason: "amount must be greater than zero" })
             }
         }
-        match event_type.ok_or(DecodeError::MissingType)? {
+        let (payload_account, event) = match event_type.ok_or(DecodeError::MissingType)? {
             OPENED => {
                 let event: pb::AccountOpened = decode_as(OPENED, payload)?;
-                Ok(Self::Opened { owner: event.owner })
+                (event.account_id, Self::Opened { owner: event.owner })
             }
             DEPOSITED => {
                 let event: pb::FundsDeposited = decode_as(DEPOSITED, payload)?;
-                Ok(Self::Deposited { amount: positive(DEPOSITED, event.amount)? })
+                (event.account_id, Self::Deposited { amount: positive(DEPOSITED, event.amount)? })
             }
             WITHDRAWN => {
                 let event: pb::FundsWithdrawn = decode_as(WITHDRAWN, payload)?;
-                Ok(Self::Withdrawn { amount: positive(WITHDRAWN, event.amount)? })
+                (event.account_id, Self::Withdrawn { amount: positive(WITHDRAWN, event.amount)? })
             }
             CLOSED => {
-                let _: pb::AccountClosed = decode_as(CLOSED, payload)?;
-                Ok(Self::Closed)
+                let event: pb::AccountClosed = decode_as(CLOSED, payload)?;
+                (event.account_id, Self::Closed)
             }
-            other => Err(DecodeError::UnknownType(other.to_owned())),
+            other => return Err(DecodeError::UnknownType(other.to_owned())),
+        };
+        if payload_account != account_id {
+            return Err(DecodeError::OtherAccount { expected: account_id.to_owned(), found: payload_account });
         }
+        Ok(event)
     }
 }
 
@@ -124,19 +134,26 @@ mod tests {
         ];
         for event in events {
             let bytes = event.encode("acc-1");
-            assert_eq!(AccountEvent::decode(Some(event.type_name()), &bytes), Ok(event));
+            assert_eq!(AccountEvent::decode(Some(event.type_name()), "acc-1", &bytes), Ok(event.clone()));
+            assert!(matches!(
+                AccountEvent::decode(Some(event.type_name()), "acc-2", &bytes),
+                Err(DecodeError::OtherAccount { .. })
+            ));
         }
     }
 
     #[test]
     fn garbage_is_reported_not_misread() {
-        assert_eq!(AccountEvent::decode(None, b""), Err(DecodeError::MissingType));
+        assert_eq!(AccountEvent::decode(None, "a", b""), Err(DecodeError::MissingType));
         assert_eq!(
-            AccountEvent::decode(Some("bank.v1.Mystery"), b""),
+            AccountEvent::decode(Some("bank.v1.Mystery"), "a", b""),
             Err(DecodeError::UnknownType("bank.v1.Mystery".into()))
         );
-        assert!(matches!(AccountEvent::decode(Some(DEPOSITED), &[0xff, 0xff, 0xff]), Err(DecodeError::Payload { .. })));
+        assert!(matches!(
+            AccountEvent::decode(Some(DEPOSITED), "a", &[0xff, 0xff, 0xff]),
+            Err(DecodeError::Payload { .. })
+        ));
         let zero = pb::FundsDeposited { account_id: "a".into(), amount: 0 }.encode_to_vec();
-        assert!(matches!(AccountEvent::decode(Some(DEPOSITED), &zero), Err(DecodeError::Invalid { .. })));
+        assert!(matches!(AccountEvent::decode(Some(DEPOSITED), "a", &zero), Err(DecodeError::Invalid { .. })));
     }
 }

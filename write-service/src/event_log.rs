@@ -374,7 +374,7 @@ impl EventLog {
     pub async fn load_history(&self, id: &AccountId) -> Result<(LoadedAccount, Vec<RecordedCommand>), EventLogError> {
         self.ensure_connected()?;
         let subject = self.names.account_subject(id.as_str());
-        let mut replay = Replay::default();
+        let mut replay = Replay { account_id: id.as_str().to_owned(), ..Replay::default() };
         loop {
             let request = serde_json::json!({
                 "seq": replay.loaded.position + 1,
@@ -560,13 +560,15 @@ impl EventLog {
 /// Folds events into a state while remembering recent command ids.
 #[derive(Default)]
 struct Replay {
+    /// The account replayed: every event's payload must be its.
+    account_id: String,
     loaded: LoadedAccount,
     commands: VecDeque<RecordedCommand>,
 }
 
 impl Replay {
     fn fold(&mut self, message_headers: &HeaderMap, payload: &[u8], position: u64) -> Result<(), EventLogError> {
-        let event = AccountEvent::decode(header(message_headers, headers::TYPE), payload)
+        let event = AccountEvent::decode(header(message_headers, headers::TYPE), &self.account_id, payload)
             .map_err(|e| EventLogError::Unreadable { position, reason: e.to_string() })?;
         self.loaded.account.apply(&event);
         self.loaded.position = position;

@@ -68,7 +68,7 @@ impl EventRecord {
             .map_err(|e| RecordError::Header { name: headers::TIME, problem: e.to_string() })?;
         let occurred_at_us = i64::try_from(occurred_at.unix_timestamp_nanos() / 1_000)
             .map_err(|_| RecordError::Header { name: headers::TIME, problem: "out of range".into() })?;
-        let event = AccountEvent::decode(header(headers::TYPE), payload)?;
+        let event = AccountEvent::decode(header(headers::TYPE), account_id, payload)?;
         Ok(Self { position, account_id: account_id.to_owned(), version, occurred_at_us, event })
     }
 }
@@ -126,5 +126,10 @@ mod tests {
         headers = valid();
         headers.insert("ce-type", "bank.v1.Nonsense");
         assert!(matches!(read(&headers, "bank.account.acc-1"), Err(RecordError::Decode(_))));
+        // The payload's own account id must be the subject's too.
+        let other = AccountEvent::Deposited { amount: 5 }.encode("acc-2");
+        let headers = valid();
+        let read = EventRecord::read(7, "bank.account.acc-1", "bank", |name| headers.get(name).copied(), &other);
+        assert!(matches!(read, Err(RecordError::Decode(shared::events::DecodeError::OtherAccount { .. }))));
     }
 }

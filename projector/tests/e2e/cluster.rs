@@ -190,7 +190,7 @@ async fn two_write_replicas_lose_nothing_when_the_stream_leader_dies_or_a_server
     for sequence in 1..=last {
         let message = stream.get_raw_message(sequence).await.unwrap();
         let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        let event = AccountEvent::decode(Some(&header("ce-type")), &message.payload).unwrap();
+        let event = AccountEvent::decode(Some(&header("ce-type")), &header("ce-subject"), &message.payload).unwrap();
         log.push((header("ce-subject"), header("ce-commandid"), event));
     }
     let mut in_log: Vec<&str> = log

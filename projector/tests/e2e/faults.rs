@@ -221,7 +221,9 @@ async fn read_log(stack: &Stack) -> Vec<(String, String, shared::events::Account
     for sequence in 1..=last {
         let message = stream.get_raw_message(sequence).await.unwrap();
         let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        let event = shared::events::AccountEvent::decode(Some(&header("ce-type")), &message.payload).unwrap();
+        let event =
+            shared::events::AccountEvent::decode(Some(&header("ce-type")), &header("ce-subject"), &message.payload)
+                .unwrap();
         events.push((header("ce-subject"), header("ce-commandid"), event));
     }
     events

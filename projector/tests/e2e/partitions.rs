@@ -158,7 +158,7 @@ async fn two_projectors_share_four_partitions_and_the_survivor_takes_over_a_kill
         let entry = folded.entry(header("ce-subject")).or_default();
         entry.1 += 1;
         if let AccountEvent::Deposited { amount } =
-            AccountEvent::decode(Some(&header("ce-type")), &message.payload).unwrap()
+            AccountEvent::decode(Some(&header("ce-type")), &header("ce-subject"), &message.payload).unwrap()
         {
             entry.0 += amount;
         }
