@@ -24,7 +24,7 @@ PROFILE=${PROFILE:-release}
 
 [[ ${SKIP_SETUP:-} == 1 ]] || scripts/setup.sh run
 if [[ $PROFILE == release ]]; then
-  cargo build --release --locked -p write-service -p projector -p read-service
+  cargo build --release --locked -p write-service -p projector -p read-service -p top -p loadgen
 fi
 bin="target/$PROFILE"
 for binary in write-service projector read-service; do
@@ -74,21 +74,25 @@ if ! listening "$NATS_PORT"; then
   for _ in $(seq 100); do listening "$NATS_PORT" && break; sleep 0.1; done
 fi
 
+# Metrics are served by each service for scraping (and for cqrs-top) on
+# METRICS_PORT, +1, +2; traces go over OTLP when a collector listens.
+METRICS_PORT=${METRICS_PORT:-9464}
+export OTEL_METRICS_EXPORTER=${OTEL_METRICS_EXPORTER:-prometheus} OTEL_EXPORTER_PROMETHEUS_HOST=127.0.0.1
 if [[ ${OTEL_SDK_DISABLED:-} == true ]]; then
   echo "telemetry: export is off (OTEL_SDK_DISABLED=true)"
 elif [[ -n ${OTEL_EXPORTER_OTLP_ENDPOINT:-} ]] || listening 4317; then
-  echo "telemetry: exporting over OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}"
+  echo "telemetry: traces over OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}"
 else
-  echo "telemetry: no OTLP collector on 127.0.0.1:4317, so export is off (OTEL_SDK_DISABLED=true);"
-  echo "  start one there, or set OTEL_EXPORTER_OTLP_ENDPOINT, to see traces and metrics"
-  export OTEL_SDK_DISABLED=true
+  echo "telemetry: no OTLP collector on 127.0.0.1:4317, so traces are not exported (OTEL_TRACES_EXPORTER=none);"
+  echo "  start one there, or set OTEL_EXPORTER_OTLP_ENDPOINT, to see them"
+  export OTEL_TRACES_EXPORTER=none
 fi
 
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export READ_STORE_URL="sqlite://$DATA_DIR/read-model.db"
-LISTEN_ADDR="127.0.0.1:$WRITE_PORT" run write "$bin/write-service"
-LISTEN_ADDR="127.0.0.1:$PROJECTOR_PORT" run projector "$bin/projector"
-LISTEN_ADDR="127.0.0.1:$READ_PORT" run read "$bin/read-service"
+LISTEN_ADDR="127.0.0.1:$WRITE_PORT" OTEL_EXPORTER_PROMETHEUS_PORT=$METRICS_PORT run write "$bin/write-service"
+LISTEN_ADDR="127.0.0.1:$PROJECTOR_PORT" OTEL_EXPORTER_PROMETHEUS_PORT=$((METRICS_PORT + 2)) run projector "$bin/projector"
+LISTEN_ADDR="127.0.0.1:$READ_PORT" OTEL_EXPORTER_PROMETHEUS_PORT=$((METRICS_PORT + 1)) run read "$bin/read-service"
 
 for port in "$WRITE_PORT" "$READ_PORT" "$PROJECTOR_PORT"; do
   for _ in $(seq 100); do listening "$port" && break; sleep 0.1; done
@@ -108,5 +112,12 @@ The system is up. Try it (Ctrl-C stops everything):
   grpcurl -plaintext -d '{"account_id":"acc-1"}' \\
     127.0.0.1:$READ_PORT bank.v1.AccountQueryService/GetAccountHistory
 
+Watch the three sides live, in another terminal (put load on with loadgen):
+
+  $bin/cqrs-top
+  $bin/loadgen mixed --duration 60s
+
 TRY
-wait -n "${pids[@]}"
+# Until Ctrl-C: a service that stops (or is stopped, to watch what the
+# others do without it) leaves the rest running; its log says why.
+wait

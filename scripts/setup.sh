@@ -62,6 +62,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install -q --locked cargo-fuzz@0.13.2
 fi
+if ! command -v tmux >/dev/null; then
+  echo "setup: installing tmux (the terminal the live-view test drives)"
+  apt_install --no-install-recommends tmux
+fi
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
   echo "setup: installing prometheus (and promtool) and prometheus-alertmanager"
   apt_install --no-install-recommends prometheus prometheus-alertmanager

@@ -6,7 +6,8 @@
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER`,
 //! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_BSP_*`, `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, ...), plus `OTEL_SDK_DISABLED=true` to switch
-//! traces and metrics off, and `OTEL_METRICS_EXPORTER` = `otlp` (push, the
+//! traces and metrics off, `OTEL_TRACES_EXPORTER` = `otlp` | `none`, and
+//! `OTEL_METRICS_EXPORTER` = `otlp` (push, the
 //! default) | `prometheus` (a scrape endpoint on
 //! `OTEL_EXPORTER_PROMETHEUS_HOST`:`OTEL_EXPORTER_PROMETHEUS_PORT`,
 //! default `localhost:9464`, what `deploy/` uses) | `none`. Logs are
@@ -80,13 +81,16 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
 
     // Bounded retries: with no collector running, shutdown must stay quick.
     let retries = RetryPolicy::recommended().with_max_retries(1);
-    let span_exporter =
-        opentelemetry_otlp::SpanExporter::builder().with_tonic().with_retry_policy(retries.clone()).build()?;
     let tracer_provider = SdkTracerProvider::builder()
-        .with_batch_exporter(span_exporter)
         .with_sampler(FollowLinkedTrace(trace::Config::default().sampler))
-        .with_resource(resource.clone())
-        .build();
+        .with_resource(resource.clone());
+    let tracer_provider = if traces_exported()? {
+        let span_exporter =
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().with_retry_policy(retries.clone()).build()?;
+        tracer_provider.with_batch_exporter(span_exporter).build()
+    } else {
+        tracer_provider.build()
+    };
     global::set_tracer_provider(tracer_provider.clone());
 
     let meter_provider = match metrics_exporter()? {
@@ -103,6 +107,19 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
     }
 
     Ok(TelemetryGuard { tracer_provider: Some(tracer_provider), meter_provider })
+}
+
+/// Whether spans go anywhere: `OTEL_TRACES_EXPORTER` = `otlp` (the
+/// default) | `none` (spans still get ids, for the `traceparent` every
+/// event carries; metrics are unaffected: a local run serves them for
+/// `cqrs-top` without any collector).
+fn traces_exported() -> Result<bool, TelemetryError> {
+    let value = std::env::var("OTEL_TRACES_EXPORTER").map(|v| v.trim().to_owned()).unwrap_or_default();
+    match value.as_str() {
+        "" | "otlp" => Ok(true),
+        "none" => Ok(false),
+        _ => Err(TelemetryError::Setting { variable: "OTEL_TRACES_EXPORTER", value, expected: "one of otlp, none" }),
+    }
 }
 
 /// Where metrics go: `OTEL_METRICS_EXPORTER` (the SDK specification's

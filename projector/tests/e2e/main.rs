@@ -21,3 +21,4 @@ mod run_local;
 mod security;
 mod soak;
 mod telemetry;
+mod top;
