@@ -16,35 +16,7 @@ async fn grpcurl(args: &[&str]) -> String {
 async fn run_local_brings_up_the_system_and_ctrl_c_stops_it() {
     let data = tempfile::tempdir().unwrap();
     let ports: Vec<String> = (0..4).map(|_| free_port().to_string()).collect();
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let mut script = tokio::process::Command::new("bash")
-        .arg(format!("{root}/scripts/run-local.sh"))
-        .env("DATA_DIR", data.path())
-        .env("NATS_PORT", &ports[0])
-        .env("WRITE_PORT", &ports[1])
-        .env("READ_PORT", &ports[2])
-        .env("PROJECTOR_PORT", &ports[3])
-        .env("PROFILE", "debug")
-        .env("SKIP_SETUP", "1")
-        .env("OTEL_SDK_DISABLED", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
-    let up = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("The system is up") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(up, Ok(true), "run-local.sh did not come up");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut script = start(data.path(), &ports, &[("OTEL_SDK_DISABLED", "true")]).await;
 
     let write = format!("127.0.0.1:{}", ports[1]);
     let read = format!("127.0.0.1:{}", ports[2]);
@@ -100,6 +72,43 @@ async fn run_local_brings_up_the_system_and_ctrl_c_stops_it() {
         })
         .await;
     }
+}
+
+/// `scripts/run-local.sh` on `ports` (NATS, write, read, projector) with
+/// its data in `data` and `env` on top, once it says the system is up; its
+/// output is drained from then on. Ctrl-C (SIGINT to its process group)
+/// stops it.
+pub(crate) async fn start(data: &std::path::Path, ports: &[String], env: &[(&str, &str)]) -> tokio::process::Child {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut script = tokio::process::Command::new("bash")
+        .arg(format!("{root}/scripts/run-local.sh"))
+        .env("DATA_DIR", data)
+        .env("NATS_PORT", &ports[0])
+        .env("WRITE_PORT", &ports[1])
+        .env("READ_PORT", &ports[2])
+        .env("PROJECTOR_PORT", &ports[3])
+        .env("PROFILE", "debug")
+        .env("SKIP_SETUP", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
+    let up = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("The system is up") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(up, Ok(true), "run-local.sh did not come up");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    script
 }
 
 /// Every log file the script wrote, for a failure message.

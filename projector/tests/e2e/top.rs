@@ -6,50 +6,20 @@
 use std::{process::Stdio, time::Duration};
 
 use testkit::{eventually, eventually_some, free_port};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-};
+use tokio::process::Command;
 
-use crate::telemetry::binary;
+use crate::{run_local, telemetry::binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_view_shows_the_three_sides_and_a_stopped_projector() {
     let data = tempfile::tempdir().unwrap();
     let [nats, write, read, projector] = std::array::from_fn(|_| free_port());
     let metrics = three_free_ports();
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let mut script = Command::new("bash")
-        .arg(format!("{root}/scripts/run-local.sh"))
-        .env("DATA_DIR", data.path())
-        .env("NATS_PORT", nats.to_string())
-        .env("WRITE_PORT", write.to_string())
-        .env("READ_PORT", read.to_string())
-        .env("PROJECTOR_PORT", projector.to_string())
-        .env("METRICS_PORT", metrics.to_string())
-        .env("PROFILE", "debug")
-        .env("SKIP_SETUP", "1")
-        // No collector: traces off, metrics served (what cqrs-top reads).
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-        .env_remove("OTEL_SDK_DISABLED")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
-    let up = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("The system is up") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(up, Ok(true), "run-local.sh did not come up");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let ports = [nats, write, read, projector].map(|port| port.to_string());
+    // No collector: traces off, metrics served (what cqrs-top reads).
+    let metrics_port = metrics.to_string();
+    let env = [("METRICS_PORT", metrics_port.as_str()), ("OTEL_EXPORTER_OTLP_ENDPOINT", "")];
+    let mut script = run_local::start(data.path(), &ports, &env).await;
 
     // The view, in a terminal 170 columns wide.
     let session = format!("cqrs-top-{}", std::process::id());
