@@ -3,15 +3,18 @@
 # JetStream (the pinned release, started here, storing in $DATA_DIR/nats;
 # a server already listening on $NATS_PORT is used only if it is 2.11 or
 # later, else ours takes the next free port), write-service, projector and
-# read-service on the SQLite read store $DATA_DIR/read-model.db. Telemetry
-# goes over OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT, or to a collector
-# listening on 127.0.0.1:4317; with neither, export is switched off. Logs go to the terminal,
-# prefixed by service, and to $DATA_DIR/logs/. Ctrl-C stops everything this
-# script started.
+# read-service on the SQLite read store $DATA_DIR/read-model.db. Each
+# service serves its metrics on METRICS_PORT (9464), +1 (read), +2
+# (projector), for scraping and for cqrs-top; traces go over OTLP to
+# $OTEL_EXPORTER_OTLP_ENDPOINT, or to a collector listening on
+# 127.0.0.1:4317, and with neither stay local. Logs go to the terminal,
+# prefixed by service, and to $DATA_DIR/logs/. A service that stops leaves
+# the others running; Ctrl-C stops everything this script started.
 #
 # Settings (all optional): DATA_DIR (data), NATS_PORT (4222), WRITE_PORT
-# (50051), READ_PORT (50052), PROJECTOR_PORT (50053), PROFILE (release; or
-# debug to reuse the test build), SKIP_SETUP=1 to skip installing packages.
+# (50051), READ_PORT (50052), PROJECTOR_PORT (50053), METRICS_PORT (9464),
+# PROFILE (release; or debug to reuse the test build), SKIP_SETUP=1 to skip
+# installing packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -9,7 +9,7 @@ use crate::{Backend, PartitionLeases, StoreError};
 
 // `ignore_missing`: a schema migrated by a newer release (versions this one
 // does not know) is still one this release can run on, because migrations
-// only ever add (docs/adr/0003-expand-only-migrations.md). Without it sqlx
+// only ever add (docs/adr/0003-expand-only-migrations-by-their-own-role.md). Without it sqlx
 // refuses, and a rollback after an upgrade could not start.
 static SQLITE_MIGRATIONS: Migrator = Migrator { ignore_missing: true, ..sqlx::migrate!("./migrations/sqlite") };
 static POSTGRES_MIGRATIONS: Migrator = Migrator { ignore_missing: true, ..sqlx::migrate!("./migrations/postgres") };

@@ -20,7 +20,7 @@ use futures::Stream;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 use tokio_rustls::{
     TlsAcceptor,
@@ -42,6 +42,10 @@ use crate::grpc_server::{AbortOnDrop, ServeError};
 /// A client that never finishes its handshake must not hold a connection
 /// (and a task) forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS handshakes in progress at most; more connections wait to be
+/// accepted.
+const MAX_HANDSHAKES: usize = 256;
 
 /// TLS for a gRPC server, from PEM files (a mounted `kubernetes.io/tls`
 /// Secret). Without a certificate the server speaks plaintext HTTP/2: for
@@ -204,6 +208,7 @@ impl Stream for Incoming {
 /// its own, when `certificates` is set; plaintext otherwise.
 pub fn incoming(listener: TcpListener, certificates: Option<Arc<Certificates>>) -> Incoming {
     let (established, connections) = mpsc::channel(64);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let accepting = tokio::spawn(async move {
         loop {
             let tcp = match listener.accept().await {
@@ -223,9 +228,15 @@ pub fn incoming(listener: TcpListener, certificates: Option<Arc<Certificates>>) 
                 }
                 continue;
             };
-            let acceptor = certificates.acceptor();
+            // At most so many handshakes at once: a flood of connections
+            // that never finish theirs waits here, not in memory.
+            let Ok(slot) = Arc::clone(&handshakes).acquire_owned().await else { return };
+            let certificates = Arc::clone(certificates);
             let established = established.clone();
             tokio::spawn(async move {
+                let _slot = slot;
+                // Reads the files: off the accept loop.
+                let acceptor = certificates.acceptor();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = established.send(Connection::Tls(Box::new(tls))).await;

@@ -25,7 +25,11 @@ pub(crate) fn parse(text: &str) -> Vec<Sample> {
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
-    let (series, value) = line.trim().rsplit_once(' ')?;
+    // `series value [timestamp]`; a label value may hold spaces.
+    let line = line.trim();
+    let end = line.rfind('}').map_or_else(|| line.find(' ').unwrap_or(line.len()), |brace| brace + 1);
+    let (series, rest) = line.split_at(end);
+    let value = rest.split_whitespace().next()?;
     let value = match value {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
@@ -73,15 +77,20 @@ impl Window<'_> {
     /// Per second, the increase of the counter `name` summed over the
     /// series whose labels match `filter`.
     pub(crate) fn rate(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
-        let total = |samples: &[Sample]| -> f64 {
-            samples.iter().filter(|s| s.name == name && matches(s, filter)).map(|s| s.value).sum()
-        };
-        // A counter that went down means the process restarted: count
-        // from zero.
-        let increase = match total(self.now) - total(self.before) {
-            delta if delta < 0.0 => total(self.now),
-            delta => delta,
-        };
+        // Series by series, as PromQL: a counter that went down was reset
+        // (its process restarted) and counts from zero.
+        let increase: f64 = self
+            .now
+            .iter()
+            .filter(|s| s.name == name && matches(s, filter))
+            .map(|now| {
+                let before = self.before.iter().find(|b| b.name == now.name && b.labels == now.labels);
+                match before {
+                    Some(before) if before.value <= now.value => now.value - before.value,
+                    _ => now.value,
+                }
+            })
+            .sum();
         if self.seconds > 0.0 { increase / self.seconds } else { 0.0 }
     }
 
@@ -103,11 +112,18 @@ impl Window<'_> {
             sums
         };
         let (before, now) = (buckets(self.before), buckets(self.now));
+        // A total that went down: the process restarted, its histogram
+        // started again from zero.
+        let total = |buckets: &BTreeMap<Bound, f64>| buckets.values().copied().fold(0.0, f64::max);
+        let reset = total(&now) < total(&before);
+        let mut highest = 0.0_f64;
         let cumulative: Vec<(f64, f64)> = now
             .iter()
             .map(|(le, count)| {
-                let delta = count - before.get(le).copied().unwrap_or(0.0);
-                (le.0, if delta < 0.0 { *count } else { delta })
+                let delta = if reset { *count } else { count - before.get(le).copied().unwrap_or(0.0) };
+                // Buckets are cumulative: never below the one before.
+                highest = highest.max(delta);
+                (le.0, highest)
             })
             .collect();
         let total = cumulative.last()?.1;
@@ -209,6 +225,8 @@ cqrs_projection_staleness{cqrs_projection_partition="1"} 40
         assert_eq!(samples[0].value, 3.5);
         assert_eq!(parse("plain 2\n# comment\nbroken")[0].value, 2.0);
         assert_eq!(parse(r#"b{le="+Inf"} +Inf"#)[0].value, f64::INFINITY);
+        assert_eq!(parse(r#"c{x="a b"} 4 1733468000000"#)[0].value, 4.0);
+        assert_eq!(parse("d 5 1733468000000")[0].value, 5.0);
     }
 
     #[test]
@@ -222,6 +240,19 @@ cqrs_projection_staleness{cqrs_projection_partition="1"} 40
         assert_eq!(window.quantile(0.99, "cqrs_command_duration", &[]), Some(1.0 + 9.0 * 0.98));
         assert_eq!(window.max("cqrs_projection_staleness", &[]), Some(40.0));
         assert_eq!(window.label_values("cqrs_command_total", "command_type"), ["DepositFunds"]);
+    }
+
+    #[test]
+    fn one_series_reset_among_growing_ones_counts_from_zero() {
+        let before = parse("t{a=\"1\"} 100\nt{a=\"2\"} 10");
+        let now = parse("t{a=\"1\"} 150\nt{a=\"2\"} 4");
+        let window = Window { before: &before, now: &now, seconds: 1.0 };
+        assert_eq!(window.rate("t", &[]), 54.0);
+        // A histogram whose process restarted: its buckets as they are now.
+        let before = parse("h_bucket{le=\"1\"} 100\nh_bucket{le=\"10\"} 200\nh_bucket{le=\"+Inf\"} 200");
+        let now = parse("h_bucket{le=\"1\"} 60\nh_bucket{le=\"10\"} 70\nh_bucket{le=\"+Inf\"} 70");
+        let window = Window { before: &before, now: &now, seconds: 1.0 };
+        assert_eq!(window.quantile(0.5, "h", &[]), Some(35.0 / 60.0));
     }
 
     #[test]

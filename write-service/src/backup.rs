@@ -15,7 +15,7 @@
 //! so a directory with the final name is always a whole backup.
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -100,18 +100,22 @@ pub async fn backup(client: &Client, stream: &str, into: &Path, keep: usize) -> 
     let name = format!("{stream}-{}", utc_stamp());
     let partial = into.join(format!(".{name}.partial"));
     let dir = into.join(&name);
-    std::fs::create_dir_all(&partial).map_err(|source| io(&partial, source))?;
-    let result = snapshot_into(client, stream, &partial).await;
-    let summary = match result {
-        Ok(state) => summarise(&dir, &state),
-        Err(error) => {
-            // Best effort: a failed backup leaves nothing that looks like one.
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(error);
+    std::fs::create_dir_all(into).map_err(|source| io(into, source))?;
+    // Not create_dir_all: a second backup in the same second fails here
+    // instead of writing into the first one's files.
+    std::fs::create_dir(&partial).map_err(|source| io(&partial, source))?;
+    let result = match snapshot_into(client, stream, &partial).await {
+        Ok(state) => {
+            std::fs::rename(&partial, &dir).map(|()| summarise(&dir, &state)).map_err(|source| io(&dir, source))
         }
+        Err(error) => Err(error),
     };
-    std::fs::rename(&partial, &dir).map_err(|source| io(&dir, source))?;
-    prune(into, stream, keep)?;
+    if result.is_err() {
+        // Best effort: a failed backup leaves nothing that looks like one.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    let summary = result?;
+    prune(into, stream, keep, &partial)?;
     Ok(summary)
 }
 
@@ -125,8 +129,13 @@ async fn snapshot_into(client: &Client, stream: &str, dir: &Path) -> Result<Valu
         .subscribe(inbox.clone())
         .await
         .map_err(|error| BackupError::Nats { what: what.clone(), source: error.into() })?;
+    // `jsck`: the server checks every message's checksum before it answers,
+    // which takes a while on a large stream.
     let request = json!({ "deliver_subject": inbox, "chunk_size": CHUNK_BYTES, "jsck": true });
-    let answer = api(client, format!("$JS.API.STREAM.SNAPSHOT.{stream}"), request.to_string().into(), &what).await?;
+    let subject = format!("$JS.API.STREAM.SNAPSHOT.{stream}").into();
+    let answer = timed_request(client, subject, request.to_string().into(), FINISH_TIMEOUT, &what).await?;
+    let answer: Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+    refused(&answer, &what)?;
     let meta = json!({ "config": answer["config"], "state": answer["state"] });
     write_file(&dir.join(META_FILE), &serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
 
@@ -177,7 +186,7 @@ pub async fn restore(client: &Client, stream: &str, from: &Path) -> Result<Backu
         });
     }
     let data_path = from.join(DATA_FILE);
-    let data = read_file(&data_path)?;
+    let mut data = std::fs::File::open(&data_path).map_err(|source| io(&data_path, source))?;
 
     let info = client
         .request(format!("$JS.API.STREAM.INFO.{stream}"), Bytes::new())
@@ -192,8 +201,15 @@ pub async fn restore(client: &Client, stream: &str, from: &Path) -> Result<Backu
     let request = json!({ "config": meta["config"], "state": meta["state"] });
     let answer = api(client, format!("$JS.API.STREAM.RESTORE.{stream}"), request.to_string().into(), &what).await?;
     let deliver: Subject = answer["deliver_subject"].as_str().unwrap_or_default().into();
-    for chunk in data.chunks(CHUNK_BYTES) {
-        let reply = timed_request(client, deliver.clone(), Bytes::copy_from_slice(chunk), CHUNK_TIMEOUT, &what).await?;
+    // A chunk at a time: a snapshot can be far larger than memory.
+    let mut chunk = vec![0; CHUNK_BYTES];
+    loop {
+        let read = read_chunk(&mut data, &mut chunk).map_err(|source| io(&data_path, source))?;
+        if read == 0 {
+            break;
+        }
+        let bytes = Bytes::copy_from_slice(&chunk[..read]);
+        let reply = timed_request(client, deliver.clone(), bytes, CHUNK_TIMEOUT, &what).await?;
         if !reply.payload.is_empty() {
             let description = String::from_utf8_lossy(&reply.payload).into_owned();
             return Err(BackupError::Refused { what, description });
@@ -258,29 +274,61 @@ pub fn latest(dir: &Path, stream: &str) -> Result<PathBuf, BackupError> {
 /// The complete backups of `stream` in `dir`, oldest first (their names
 /// sort by time).
 fn backups(dir: &Path, stream: &str) -> Result<Vec<PathBuf>, BackupError> {
-    let prefix = format!("{stream}-");
-    let mut backups: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| io(dir, source))?
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            entry.file_name().to_string_lossy().starts_with(&prefix) && entry.path().join(META_FILE).exists()
-        })
-        .map(|entry| entry.path())
-        .collect();
-    backups.sort();
+    let mut backups = entries(dir, |name| is_backup_of(name, stream))?;
+    backups.retain(|path| path.join(META_FILE).exists());
     Ok(backups)
 }
 
+/// `<stream>-<stamp>`, exactly: another stream's name may start with this
+/// one's.
+fn is_backup_of(name: &str, stream: &str) -> bool {
+    name.strip_prefix(stream)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|stamp| stamp.len() == STAMP_LEN && stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T')
+}
+
+/// The paths in `dir` whose names `wanted` accepts, sorted.
+fn entries(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, BackupError> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| io(dir, source))?
+        .filter_map(Result::ok)
+        .filter(|entry| wanted(&entry.file_name().to_string_lossy()))
+        .map(|entry| entry.path())
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Keeps the newest `keep` backups of `stream` in `dir` and deletes the
-/// others.
-fn prune(dir: &Path, stream: &str, keep: usize) -> Result<(), BackupError> {
+/// others, and any unfinished one but `current` (a run that was killed).
+fn prune(dir: &Path, stream: &str, keep: usize, current: &Path) -> Result<(), BackupError> {
     let backups = backups(dir, stream)?;
     let surplus = backups.len().saturating_sub(keep);
-    for old in &backups[..surplus] {
+    let unfinished = entries(dir, |name| {
+        name.strip_prefix('.')
+            .and_then(|rest| rest.strip_suffix(".partial"))
+            .is_some_and(|name| is_backup_of(name, stream))
+    })?;
+    for old in backups[..surplus].iter().chain(unfinished.iter().filter(|path| path.as_path() != current)) {
         std::fs::remove_dir_all(old).map_err(|source| io(old, source))?;
     }
     Ok(())
 }
+
+/// Fills `buffer` as far as the file allows; the bytes read (0 at the end).
+fn read_chunk(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            read => filled += read,
+        }
+    }
+    Ok(filled)
+}
+
+/// The length of [`utc_stamp`]'s stamps.
+const STAMP_LEN: usize = 16;
 
 /// `20261206T071503Z`: sorts as time does, and is a valid file name.
 fn utc_stamp() -> String {
@@ -318,12 +366,20 @@ mod tests {
     fn pruning_keeps_the_newest_backups_of_the_stream_and_nothing_else_is_touched() {
         let dir = std::env::temp_dir().join(format!("cqrs-prune-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for name in ["S-20260101T000000Z", "S-20260102T000000Z", "S-20260103T000000Z", "OTHER-20250101T000000Z"] {
+        let names = [
+            "S-20260101T000000Z",
+            "S-20260102T000000Z",
+            "S-20260103T000000Z",
+            "OTHER-20250101T000000Z",
+            "S-X-20270101T000000Z",
+        ];
+        for name in names {
             std::fs::create_dir_all(dir.join(name)).unwrap();
             std::fs::write(dir.join(name).join(META_FILE), "{}").unwrap();
         }
         std::fs::create_dir_all(dir.join(".S-20260104T000000Z.partial")).unwrap();
-        prune(&dir, "S", 2).unwrap();
+        std::fs::create_dir_all(dir.join(".S-20260105T000000Z.partial")).unwrap();
+        prune(&dir, "S", 2, &dir.join(".S-20260105T000000Z.partial")).unwrap();
         assert_eq!(latest(&dir, "S").unwrap(), dir.join("S-20260103T000000Z"));
         assert!(latest(&dir, "T").is_err());
         let mut left: Vec<String> =
@@ -331,7 +387,13 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            [".S-20260104T000000Z.partial", "OTHER-20250101T000000Z", "S-20260102T000000Z", "S-20260103T000000Z"]
+            [
+                ".S-20260105T000000Z.partial",
+                "OTHER-20250101T000000Z",
+                "S-20260102T000000Z",
+                "S-20260103T000000Z",
+                "S-X-20270101T000000Z"
+            ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
