@@ -104,12 +104,9 @@ pub async fn backup(client: &Client, stream: &str, into: &Path, keep: usize) -> 
     // Not create_dir_all: a second backup in the same second fails here
     // instead of writing into the first one's files.
     std::fs::create_dir(&partial).map_err(|source| io(&partial, source))?;
-    let result = match snapshot_into(client, stream, &partial).await {
-        Ok(state) => {
-            std::fs::rename(&partial, &dir).map(|()| summarise(&dir, &state)).map_err(|source| io(&dir, source))
-        }
-        Err(error) => Err(error),
-    };
+    let result = snapshot_into(client, stream, &partial).await.and_then(|state| {
+        std::fs::rename(&partial, &dir).map(|()| summarise(&dir, &state)).map_err(|source| io(&dir, source))
+    });
     if result.is_err() {
         // Best effort: a failed backup leaves nothing that looks like one.
         let _ = std::fs::remove_dir_all(&partial);
