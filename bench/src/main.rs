@@ -257,6 +257,8 @@ impl AccountQueryService for MemoryQueries {
             position: request.min_position.max(98_765),
             opened_at: Some(now),
             updated_at: Some(now),
+            projected_at: Some(now),
+            as_of_position: request.min_position.max(98_765),
         }))
     }
 

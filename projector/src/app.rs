@@ -36,7 +36,7 @@ use crate::{
     config::Config,
     domain::{EventRecord, account_of_subject},
     error::ProjectorError,
-    telemetry::{Handled, Outcome, ProjectionTelemetry, Traffic},
+    telemetry::{EventSpans, Handled, Outcome, ProjectionTelemetry, Traffic},
 };
 
 pub(crate) mod consumer;
@@ -215,10 +215,10 @@ impl Projector {
         for row in batch.last_histories(&history_ids).await? {
             rows.histories.insert(row.account_id.clone(), Some(row));
         }
-        let folded = batch::fold(&to_fold, rows);
+        let mut folded = batch::fold(&to_fold, rows);
 
         // Dead letters and telemetry, in log order.
-        let mut outcomes = folded.outcomes.into_iter();
+        let mut outcomes = std::mem::take(&mut folded.outcomes).into_iter();
         let mut records = to_fold.into_iter();
         for (message, due) in handled {
             let mut event = Handled {
@@ -253,14 +253,27 @@ impl Projector {
             report.events.push(event);
         }
 
+        // Every row records when it was written and by which span.
+        let spans: Vec<EventSpans> =
+            report.events.iter().map(|handled| self.telemetry.start(handled, started)).collect();
+        let mut traces = HashMap::new();
+        for (handled, spans) in report.events.iter().zip(&spans) {
+            for projection in projections {
+                if let Some(traceparent) = spans.context(*projection).and_then(propagation::to_traceparent) {
+                    traces.insert((*projection, handled.position), traceparent);
+                }
+            }
+        }
+        folded.stamp(now_us(), &traces);
+
         batch.upsert_accounts(&folded.summaries).await?;
         batch.insert_history(&folded.history).await?;
         report.checkpoints = Checkpoints::lowest(batch.checkpoints().values());
         batch.commit().await?;
 
         self.telemetry.set_checkpoints(report.checkpoints);
-        for handled in &report.events {
-            self.telemetry.record(handled, started);
+        for (handled, spans) in report.events.iter().zip(spans) {
+            self.telemetry.finish(handled, spans);
         }
         Ok(report)
     }
@@ -405,8 +418,13 @@ fn dead_letter(message: &Delivered, reason: &str) -> DeadLetter {
         reason: reason.to_owned(),
         headers,
         payload: message.payload.to_vec(),
-        dead_lettered_at_us: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000,
+        dead_lettered_at_us: now_us(),
     }
+}
+
+/// Now, in µs since the epoch (the read model's unit of time).
+fn now_us() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000
 }
 
 /// The durable consumer of partition `index` of `count`: `base` itself

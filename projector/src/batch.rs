@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use read_model::{AccountRow, Checkpoints, HistoryRow, Projection};
+use read_model::{AccountRow, Checkpoints, HistoryRow, Projection, Provenance};
 
 use crate::domain::{EventRecord, projections};
 
@@ -115,6 +115,25 @@ pub struct Folded {
     pub summaries: Vec<AccountRow>,
     /// History rows to insert.
     pub history: Vec<HistoryRow>,
+}
+
+impl Folded {
+    /// Records on every row to write when it is written (`projected_at_us`)
+    /// and the projection span that writes it: `traces` holds per
+    /// projection and event position its span's `traceparent`, if sampled.
+    /// A summary row is written by its account's last event in the batch.
+    pub fn stamp(&mut self, projected_at_us: i64, traces: &HashMap<(Projection, u64), String>) {
+        let provenance = |projection: Projection, position: u64| Provenance {
+            projected_at_us: Some(projected_at_us),
+            projection_trace: traces.get(&(projection, position)).cloned(),
+        };
+        for row in &mut self.summaries {
+            row.provenance = provenance(Projection::AccountSummary, row.position);
+        }
+        for row in &mut self.history {
+            row.provenance = provenance(Projection::AccountHistory, row.position);
+        }
+    }
 }
 
 /// Folds `events` (in log order; each with the projections due, none
@@ -241,6 +260,7 @@ mod tests {
             account_id: account_id.into(),
             version,
             occurred_at_us: 1_000 * position as i64,
+            command_trace: None,
             event,
         })
     }
@@ -277,6 +297,7 @@ mod tests {
             position: 1,
             opened_at_us: 0,
             updated_at_us: 0,
+            provenance: Provenance::default(),
         };
         let rows = Rows { summaries: HashMap::from([("acc-1".into(), Some(summary))]), ..Rows::default() };
         let events = vec![
@@ -291,5 +312,26 @@ mod tests {
         let changed: Vec<&str> = folded.summaries.iter().map(|row| row.account_id.as_str()).collect();
         assert_eq!(changed, ["acc-2"], "the summary did not take the deposit the history refused");
         assert_eq!(folded.history.len(), 1);
+    }
+
+    #[test]
+    fn each_row_is_stamped_with_the_span_of_the_event_that_last_wrote_it() {
+        let events = vec![
+            (BOTH.to_vec(), record("acc-1", 1, 1, AccountEvent::Opened { owner: "Ada".into() })),
+            (BOTH.to_vec(), record("acc-1", 2, 2, AccountEvent::Deposited { amount: 30 })),
+        ];
+        let mut folded = fold(&events, Rows::default());
+        let traces = HashMap::from([
+            ((Projection::AccountSummary, 1), "summary-1".to_owned()),
+            ((Projection::AccountSummary, 2), "summary-2".to_owned()),
+            ((Projection::AccountHistory, 1), "history-1".to_owned()),
+        ]);
+        folded.stamp(42, &traces);
+        let summary = &folded.summaries[0].provenance;
+        assert_eq!((summary.projected_at_us, summary.projection_trace.as_deref()), (Some(42), Some("summary-2")));
+        let history: Vec<Option<&str>> =
+            folded.history.iter().map(|row| row.provenance.projection_trace.as_deref()).collect();
+        assert_eq!(history, [Some("history-1"), None], "an unsampled span leaves no trace, not another's");
+        assert!(folded.history.iter().all(|row| row.provenance.projected_at_us == Some(42)));
     }
 }

@@ -27,7 +27,7 @@ use std::{
 use opentelemetry::{
     KeyValue, StringValue, global,
     metrics::{Counter, Histogram},
-    trace::{Link, Span, SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
+    trace::{Link, Span, SpanContext, SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
 use read_model::{Checkpoints, Projection};
@@ -97,12 +97,12 @@ pub struct ProjectionTelemetry {
     checkpoints: Arc<[AtomicU64; 2]>,
     /// Whether `checkpoints` were read from the store (0 is a checkpoint).
     checkpoints_known: Arc<AtomicBool>,
-    /// Per projection, the highest checkpoint this process has seen, and
-    /// that high-water mark as it was before the last commit: an event at
-    /// or below it was applied before, and is applied again only because a
-    /// rebuild reset the projection (the live projector races the rebuild
-    /// through the same checkpoints). That is replay, not live lag.
-    high_water: Arc<[[AtomicU64; 2]; 2]>,
+    /// Per projection, the highest checkpoint this process has seen: an
+    /// event at or below it was applied before, and is applied again only
+    /// because a rebuild reset the projection (the live projector races
+    /// the rebuild through the same checkpoints). That is replay, not live
+    /// lag.
+    high_water: Arc<[AtomicU64; 2]>,
     /// Age in ms of the oldest event not yet applied; 0 when caught up.
     staleness_ms: Arc<AtomicU64>,
     replay: Arc<[AtomicU64; 2]>,
@@ -263,7 +263,7 @@ impl ProjectionTelemetry {
             .iter()
             .map(|p| {
                 let i = index(*p);
-                self.checkpoints[i].load(Ordering::Relaxed).max(self.high_water[i][0].load(Ordering::Relaxed))
+                self.checkpoints[i].load(Ordering::Relaxed).max(self.high_water[i].load(Ordering::Relaxed))
             })
             .min()
     }
@@ -284,41 +284,41 @@ impl ProjectionTelemetry {
         for projection in Projection::ALL {
             let i = index(projection);
             self.checkpoints[i].store(checkpoints.get(projection), Ordering::Relaxed);
-            let [highest, before] = &self.high_water[i];
-            before.store(highest.load(Ordering::Relaxed), Ordering::Relaxed);
-            highest.fetch_max(checkpoints.get(projection), Ordering::Relaxed);
+            self.high_water[i].fetch_max(checkpoints.get(projection), Ordering::Relaxed);
         }
         self.checkpoints_known.store(true, Ordering::Relaxed);
     }
 
-    /// Records one event's spans and metrics once its batch committed:
-    /// `started` is when the batch began, the spans end now (when the
-    /// effects became visible).
-    pub fn record(&self, handled: &Handled, started: SystemTime) {
-        let replayed = |projection: Projection| {
-            self.traffic == Traffic::Replay
-                || handled.position <= self.high_water[index(projection)][1].load(Ordering::Relaxed)
-        };
-        for (projection, outcome) in &handled.outcomes {
-            if replayed(*projection) && *outcome != Outcome::DuplicateSkipped {
-                self.replayed
-                    .add(1, &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("projection.name", projection.name())]);
-            }
+    /// Starts one event's `projection.<name>` spans as its batch begins
+    /// writing (`started`: when the batch began), so that the rows can
+    /// record which span wrote them ([`EventSpans::context`]); they end in
+    /// [`Self::finish`] once the batch committed. Replayed events get none.
+    pub fn start(&self, handled: &Handled, started: SystemTime) -> EventSpans {
+        // The high-water mark is the highest checkpoint seen before this
+        // batch: what is at or below it was applied before.
+        let replayed: Vec<(Projection, bool)> = handled
+            .outcomes
+            .iter()
+            .map(|(projection, _)| {
+                let replayed = self.traffic == Traffic::Replay
+                    || handled.position <= self.high_water[index(*projection)].load(Ordering::Relaxed);
+                (*projection, replayed)
+            })
+            .collect();
+        let mut spans = EventSpans { replayed, spans: Vec::new(), finished: false };
+        if spans.replayed.iter().all(|(_, replayed)| *replayed) {
+            return spans;
         }
-        if handled.outcomes.iter().all(|(projection, _)| replayed(*projection)) {
-            return;
-        }
-        let now = SystemTime::now();
-        let now_us = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-        let lag_ms = handled.occurred_at_us.map(|at| (now_us - at).max(0) as f64 / 1000.0);
-        let event_type = handled.event_type.clone().unwrap_or_else(|| "unknown".into());
+        let event_type = handled.event_type.as_deref().unwrap_or("unknown");
         let producer = handled.producer.span().span_context().clone();
-        let mut dead_lettered = false;
-        for (projection, outcome) in handled.outcomes.iter().filter(|(projection, _)| !replayed(*projection)) {
+        for (projection, outcome) in &handled.outcomes {
+            if spans.is_replayed(*projection) {
+                continue;
+            }
             let mut attributes = vec![
                 KeyValue::new(CQRS_SIDE, SIDE),
                 KeyValue::new("cqrs.projection.name", projection.name()),
-                KeyValue::new("cqrs.event.type", event_type.clone()),
+                KeyValue::new("cqrs.event.type", event_type.to_owned()),
                 KeyValue::new("cqrs.event.position", handled.position as i64),
                 // The blog's key for what happened to the event.
                 KeyValue::new("cqrs.projection.status", outcome.name()),
@@ -330,9 +330,6 @@ impl ProjectionTelemetry {
             attributes.extend(self.consumer.iter().cloned());
             if let Some(account_id) = &handled.account_id {
                 attributes.push(KeyValue::new("cqrs.event.aggregate_id", account_id.clone()));
-            }
-            if let Some(lag_ms) = lag_ms {
-                attributes.push(KeyValue::new("cqrs.projection.lag_ms", lag_ms));
             }
             let links = if producer.is_valid() { vec![Link::with_context(producer.clone())] } else { Vec::new() };
             let mut span = self
@@ -347,10 +344,35 @@ impl ProjectionTelemetry {
                 // Low-cardinality class; the reason itself is the status.
                 span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, "dead_letter"));
                 span.set_status(SpanStatus::error(reason.clone()));
-                dead_lettered = true;
+            }
+            spans.spans.push((*projection, span));
+        }
+        spans
+    }
+
+    /// Ends one event's spans and records its metrics, once its batch
+    /// committed: now is when its effects became visible.
+    pub fn finish(&self, handled: &Handled, mut spans: EventSpans) {
+        spans.finished = true;
+        for (projection, outcome) in &handled.outcomes {
+            if spans.is_replayed(*projection) && *outcome != Outcome::DuplicateSkipped {
+                self.replayed
+                    .add(1, &[KeyValue::new(CQRS_SIDE, SIDE), KeyValue::new("projection.name", projection.name())]);
+            }
+        }
+        let now = SystemTime::now();
+        let now_us = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        let lag_ms = handled.occurred_at_us.map(|at| (now_us - at).max(0) as f64 / 1000.0);
+        for (_, span) in &mut spans.spans {
+            if let Some(lag_ms) = lag_ms {
+                span.set_attribute(KeyValue::new("cqrs.projection.lag_ms", lag_ms));
             }
             span.end_with_timestamp(now);
-
+        }
+        let event_type = handled.event_type.as_deref().unwrap_or("unknown");
+        let mut dead_lettered = false;
+        for (projection, outcome) in handled.outcomes.iter().filter(|(projection, _)| !spans.is_replayed(*projection)) {
+            dead_lettered |= matches!(outcome, Outcome::Failed(_));
             let labels = [
                 KeyValue::new(CQRS_SIDE, SIDE),
                 KeyValue::new("projection.name", projection.name()),
@@ -363,13 +385,51 @@ impl ProjectionTelemetry {
                     &[
                         KeyValue::new(CQRS_SIDE, SIDE),
                         KeyValue::new("projection.name", projection.name()),
-                        KeyValue::new("event.type", event_type.clone()),
+                        KeyValue::new("event.type", event_type.to_owned()),
                     ],
                 );
             }
         }
         if dead_lettered {
             self.dead_letters.add(1, &[KeyValue::new(CQRS_SIDE, SIDE)]);
+        }
+    }
+}
+
+/// One event's projection spans between [`ProjectionTelemetry::start`] and
+/// [`ProjectionTelemetry::finish`]. Dropped unfinished (the batch failed
+/// and will be retried), they end as errors: that attempt changed nothing.
+pub struct EventSpans {
+    /// Per projection due, whether the event is replay there.
+    replayed: Vec<(Projection, bool)>,
+    spans: Vec<(Projection, global::BoxedSpan)>,
+    finished: bool,
+}
+
+impl EventSpans {
+    fn is_replayed(&self, projection: Projection) -> bool {
+        self.replayed.iter().any(|(p, replayed)| *p == projection && *replayed)
+    }
+
+    /// The context of `projection`'s span, if it is sampled: what the row
+    /// it writes records as its provenance.
+    pub fn context(&self, projection: Projection) -> Option<&SpanContext> {
+        self.spans
+            .iter()
+            .find(|(p, _)| *p == projection)
+            .map(|(_, span)| span.span_context())
+            .filter(|context| context.is_sampled())
+    }
+}
+
+impl Drop for EventSpans {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        for (_, span) in &mut self.spans {
+            span.set_status(SpanStatus::error("the batch did not commit; it is retried"));
+            span.end();
         }
     }
 }

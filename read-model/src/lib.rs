@@ -17,12 +17,14 @@
 // Column lists as macros, so that queries stay literal (`concat!`) strings.
 macro_rules! account_columns {
     () => {
-        "account_id, owner, balance, status, version, position, opened_at_us, updated_at_us"
+        "account_id, owner, balance, status, version, position, opened_at_us, updated_at_us, projected_at_us, \
+         projection_trace"
     };
 }
 macro_rules! history_columns {
     () => {
-        "account_id, version, position, kind, amount, balance_after, occurred_at_us"
+        "account_id, version, position, kind, amount, balance_after, occurred_at_us, command_trace, \
+         projected_at_us, projection_trace"
     };
 }
 
@@ -36,7 +38,7 @@ mod writes;
 
 pub use leases::PartitionLeases;
 pub use progress::{Checkpoints, Progress, Projection, partition_of};
-pub use rows::{AccountRow, AccountStatus, DeadLetter, EventKind, HistoryRow};
+pub use rows::{AccountRow, AccountStatus, DeadLetter, EventKind, HistoryRow, Provenance};
 pub use store::ReadStore;
 pub use writes::ProjectionBatch;
 

@@ -67,6 +67,18 @@ impl FromStr for EventKind {
     }
 }
 
+/// Where a row came from, besides the position and time of the event
+/// that last changed it (which every row has): when the projector wrote
+/// it, and the projection span that did. Both are empty in rows written
+/// before migration 0003; the span also when it was not sampled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// When the projector wrote the row, µs since the epoch.
+    pub projected_at_us: Option<i64>,
+    /// The W3C `traceparent` of the `projection.<name>` span that wrote it.
+    pub projection_trace: Option<String>,
+}
+
 /// One row of `account_summary`: an account's current state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRow {
@@ -75,9 +87,12 @@ pub struct AccountRow {
     pub balance: i64,
     pub status: AccountStatus,
     pub version: u64,
+    /// The position of the event that last changed the account.
     pub position: u64,
     pub opened_at_us: i64,
+    /// When that event happened.
     pub updated_at_us: i64,
+    pub provenance: Provenance,
 }
 
 /// One row of `account_history`: one event with the balance it left.
@@ -90,6 +105,10 @@ pub struct HistoryRow {
     pub amount: i64,
     pub balance_after: i64,
     pub occurred_at_us: i64,
+    /// The W3C `traceparent` of the command's PRODUCER span, as the event
+    /// carried it (empty before migration 0003 or without one).
+    pub command_trace: Option<String>,
+    pub provenance: Provenance,
 }
 
 /// An event set aside by the projector.
@@ -115,6 +134,7 @@ pub(crate) fn account_row(row: &AnyRow) -> Result<AccountRow, StoreError> {
         position: to_u64(row.try_get("position")?),
         opened_at_us: row.try_get("opened_at_us")?,
         updated_at_us: row.try_get("updated_at_us")?,
+        provenance: provenance(row)?,
     })
 }
 
@@ -127,5 +147,14 @@ pub(crate) fn history_row(row: &AnyRow) -> Result<HistoryRow, StoreError> {
         amount: row.try_get("amount")?,
         balance_after: row.try_get("balance_after")?,
         occurred_at_us: row.try_get("occurred_at_us")?,
+        command_trace: row.try_get("command_trace")?,
+        provenance: provenance(row)?,
+    })
+}
+
+fn provenance(row: &AnyRow) -> Result<Provenance, StoreError> {
+    Ok(Provenance {
+        projected_at_us: row.try_get("projected_at_us")?,
+        projection_trace: row.try_get("projection_trace")?,
     })
 }

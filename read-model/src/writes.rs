@@ -129,12 +129,12 @@ impl ProjectionBatch {
                 Backend::Sqlite => format!(
                     "WITH ids (id) AS (VALUES {ids}) \
                      SELECT h.account_id, h.version, h.position, h.kind, h.amount, h.balance_after, \
-                     h.occurred_at_us FROM ids JOIN account_history h ON h.account_id = ids.id \
+                     h.occurred_at_us, h.command_trace, h.projected_at_us, h.projection_trace FROM ids JOIN account_history h ON h.account_id = ids.id \
                      AND h.version = (SELECT MAX(m.version) FROM account_history m WHERE m.account_id = ids.id)"
                 ),
                 Backend::Postgres => format!(
                     "SELECT h.account_id, h.version, h.position, h.kind, h.amount, h.balance_after, \
-                     h.occurred_at_us FROM (VALUES {ids}) AS ids (id) CROSS JOIN LATERAL \
+                     h.occurred_at_us, h.command_trace, h.projected_at_us, h.projection_trace FROM (VALUES {ids}) AS ids (id) CROSS JOIN LATERAL \
                      (SELECT * FROM account_history m WHERE m.account_id = ids.id \
                      ORDER BY m.version DESC LIMIT 1) h"
                 ),
@@ -158,9 +158,10 @@ impl ProjectionBatch {
                 "INSERT INTO account_summary ({}) VALUES {} ON CONFLICT (account_id) DO UPDATE SET \
                  owner = excluded.owner, balance = excluded.balance, status = excluded.status, \
                  version = excluded.version, position = excluded.position, \
-                 opened_at_us = excluded.opened_at_us, updated_at_us = excluded.updated_at_us",
+                 opened_at_us = excluded.opened_at_us, updated_at_us = excluded.updated_at_us, \
+                 projected_at_us = excluded.projected_at_us, projection_trace = excluded.projection_trace",
                 account_columns!(),
-                placeholders(self.backend, chunk.len(), 8)
+                placeholders(self.backend, chunk.len(), 10)
             );
             // Dynamic only in the number of placeholders.
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -173,7 +174,9 @@ impl ProjectionBatch {
                     .bind(to_i64(row.version))
                     .bind(to_i64(row.position))
                     .bind(row.opened_at_us)
-                    .bind(row.updated_at_us);
+                    .bind(row.updated_at_us)
+                    .bind(row.provenance.projected_at_us)
+                    .bind(row.provenance.projection_trace.clone());
             }
             query.execute(&mut *self.tx).await?;
         }
@@ -186,7 +189,7 @@ impl ProjectionBatch {
             let sql = format!(
                 "INSERT INTO account_history ({}) VALUES {}",
                 history_columns!(),
-                placeholders(self.backend, chunk.len(), 7)
+                placeholders(self.backend, chunk.len(), 10)
             );
             // Dynamic only in the number of placeholders.
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -198,7 +201,10 @@ impl ProjectionBatch {
                     .bind(row.kind.as_str())
                     .bind(row.amount)
                     .bind(row.balance_after)
-                    .bind(row.occurred_at_us);
+                    .bind(row.occurred_at_us)
+                    .bind(row.command_trace.clone())
+                    .bind(row.provenance.projected_at_us)
+                    .bind(row.provenance.projection_trace.clone());
             }
             query.execute(&mut *self.tx).await?;
         }

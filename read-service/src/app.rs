@@ -20,11 +20,15 @@ pub struct Paged<T> {
     pub next_page_token: Option<String>,
 }
 
-/// How a query's consistency requirement was met.
+/// How a query's consistency requirement was met, and how fresh what it
+/// read is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Consistency {
     /// How long the query waited for `min_position`; `None` without one.
     pub waited: Option<Duration>,
+    /// The position the read model had applied (for what the query reads)
+    /// before it read: the answer includes at least this much of the log.
+    pub as_of: u64,
 }
 
 /// The read side's queries over one read store.
@@ -66,14 +70,14 @@ impl Queries {
         min_position: u64,
         deadline: Option<Duration>,
     ) -> Result<Consistency, QueryError> {
-        if min_position == 0 {
-            return Ok(Consistency::default());
-        }
-        let limit = deadline.map_or(self.max_wait, |deadline| deadline.min(self.max_wait));
         let account = account.map(AccountId::as_str);
-        let waited =
-            self.freshness.wait_for(projection, account, min_position, limit).await.map_err(QueryError::Behind)?;
-        Ok(Consistency { waited: Some(waited) })
+        let waited = if min_position == 0 {
+            None
+        } else {
+            let limit = deadline.map_or(self.max_wait, |deadline| deadline.min(self.max_wait));
+            Some(self.freshness.wait_for(projection, account, min_position, limit).await.map_err(QueryError::Behind)?)
+        };
+        Ok(Consistency { waited, as_of: self.freshness.applied(projection, account) })
     }
 
     /// One account.

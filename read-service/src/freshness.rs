@@ -67,6 +67,13 @@ impl Freshness {
         freshness
     }
 
+    /// The position `projection` has applied for `account` (its partition),
+    /// or for every account when `None`, as last read: the rows read after
+    /// this call include at least that much of the log.
+    pub fn applied(&self, projection: Projection, account: Option<&str>) -> u64 {
+        applied(&self.progress.borrow(), projection, account)
+    }
+
     /// Waits until `projection` has applied `position` for `account` (its
     /// partition), or for every account when `None` (every partition), for
     /// at most `limit`. Returns how long it waited.
@@ -78,10 +85,7 @@ impl Freshness {
         limit: Duration,
     ) -> Result<Duration, Behind> {
         let started = Instant::now();
-        let applied = |progress: &Progress| match account {
-            Some(account) => progress.of_account(projection, account),
-            None => progress.of_all(projection),
-        };
+        let applied = |progress: &Progress| applied(progress, projection, account);
         if applied(&self.progress.borrow()) >= position {
             return Ok(Duration::ZERO);
         }
@@ -97,6 +101,13 @@ impl Freshness {
                 waited: started.elapsed(),
             }),
         }
+    }
+}
+
+fn applied(progress: &Progress, projection: Projection, account: Option<&str>) -> u64 {
+    match account {
+        Some(account) => progress.of_account(projection, account),
+        None => progress.of_all(projection),
     }
 }
 

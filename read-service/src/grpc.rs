@@ -19,10 +19,10 @@ use shared::{
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
-    app::{Consistency, Queries},
+    app::Queries,
     domain::PageSize,
     error::QueryError,
-    telemetry::{QueryTelemetry, QueryType},
+    telemetry::{Answered, QueryTelemetry, QueryType},
 };
 
 /// `bank.v1.AccountQueryService` over [`Queries`], which arrive once the
@@ -57,12 +57,12 @@ impl QueryService {
     async fn handle<T>(
         &self,
         query: QueryType,
-        run: impl Future<Output = Result<(T, usize, Consistency), QueryError>>,
+        run: impl Future<Output = Result<(T, Answered), QueryError>>,
     ) -> Result<Response<T>, Status> {
         let call = self.telemetry.start(query);
         let outcome = run.with_context(call.cx.clone()).await;
-        call.finish(outcome.as_ref().map(|(_, count, c)| (*count, *c)));
-        outcome.map(|(reply, _, _)| Response::new(reply)).map_err(Status::from)
+        call.finish(outcome.as_ref().map(|(_, answered)| answered));
+        outcome.map(|(reply, _)| Response::new(reply)).map_err(Status::from)
     }
 }
 
@@ -74,7 +74,8 @@ impl AccountQueryService for QueryService {
         self.handle(QueryType::GetAccount, async {
             let id = AccountId::parse(request.account_id)?;
             let (row, consistency) = self.queries()?.account(&id, request.min_position, deadline).await?;
-            Ok((account(row), 1, consistency))
+            let answered = Answered::new(consistency, account_provenance(std::slice::from_ref(&row)));
+            Ok((pb::Account { as_of_position: consistency.as_of, ..account(row) }, answered))
         })
         .await
     }
@@ -91,12 +92,13 @@ impl AccountQueryService for QueryService {
             let owner = request.owner.filter(|owner| !owner.is_empty()).map(validate_owner).transpose()?;
             let (page, consistency) =
                 self.queries()?.accounts(owner, size, &request.page_token, request.min_position, deadline).await?;
-            let count = page.rows.len();
+            let answered = Answered::new(consistency, account_provenance(&page.rows));
             let reply = pb::ListAccountsResponse {
                 accounts: page.rows.into_iter().map(account).collect(),
                 next_page_token: page.next_page_token.unwrap_or_default(),
+                as_of_position: consistency.as_of,
             };
-            Ok((reply, count, consistency))
+            Ok((reply, answered))
         })
         .await
     }
@@ -112,12 +114,14 @@ impl AccountQueryService for QueryService {
             let size = PageSize::parse(request.page_size)?;
             let (page, consistency) =
                 self.queries()?.history(&id, size, &request.page_token, request.min_position, deadline).await?;
-            let count = page.rows.len();
+            let rows = page.rows.iter().map(|row| (row.occurred_at_us, row.provenance.projection_trace.as_deref()));
+            let answered = Answered::new(consistency, rows);
             let reply = pb::GetAccountHistoryResponse {
                 entries: page.rows.into_iter().map(history_entry).collect(),
                 next_page_token: page.next_page_token.unwrap_or_default(),
+                as_of_position: consistency.as_of,
             };
-            Ok((reply, count, consistency))
+            Ok((reply, answered))
         })
         .await
     }
@@ -135,6 +139,12 @@ fn deadline(metadata: &MetadataMap) -> Option<Duration> {
     Some(timeout.mul_f64(0.9))
 }
 
+/// Per account row, the time of its latest event and the projection span
+/// that wrote it.
+fn account_provenance(rows: &[AccountRow]) -> impl Iterator<Item = (i64, Option<&str>)> {
+    rows.iter().map(|row| (row.updated_at_us, row.provenance.projection_trace.as_deref()))
+}
+
 fn account(row: AccountRow) -> pb::Account {
     pb::Account {
         account_id: row.account_id,
@@ -149,6 +159,8 @@ fn account(row: AccountRow) -> pb::Account {
         position: row.position,
         opened_at: Some(timestamp(row.opened_at_us)),
         updated_at: Some(timestamp(row.updated_at_us)),
+        projected_at: row.provenance.projected_at_us.map(timestamp),
+        as_of_position: 0,
     }
 }
 
@@ -166,6 +178,13 @@ fn history_entry(row: HistoryRow) -> pb::HistoryEntry {
         amount: row.amount,
         balance_after: row.balance_after,
         occurred_at: Some(timestamp(row.occurred_at_us)),
+        projected_at: row.provenance.projected_at_us.map(timestamp),
+        trace_id: row
+            .command_trace
+            .as_deref()
+            .and_then(shared::propagation::from_traceparent)
+            .map(|command| command.trace_id().to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -113,6 +113,7 @@ mod tests {
             position: n as u64 + 1,
             opened_at_us: 0,
             updated_at_us: 0,
+            provenance: read_model::Provenance::default(),
         }
     }
 

@@ -202,6 +202,10 @@ pub mod headers {
     pub const ACCOUNT_BALANCE: &str = "ce-accountbalance";
     /// The idempotency key of the command that produced the event, if any.
     pub const COMMAND_ID: &str = "ce-commandid";
+    /// The W3C trace context of the PRODUCER span that appended the event
+    /// (`shared::propagation::inject_into_nats`): the projection links to
+    /// it, and history rows keep it as the command's trace.
+    pub const TRACEPARENT: &str = "traceparent";
     /// Media type of the payload; always [`CONTENT_TYPE_PROTOBUF`].
     pub const CONTENT_TYPE: &str = "content-type";
     /// The payload's media type.

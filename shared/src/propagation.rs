@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
+    trace::{SpanContext, TraceContextExt},
 };
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -44,6 +45,30 @@ pub fn inject_into_nats(cx: &Context, headers: &mut async_nats::HeaderMap) {
 /// The context a NATS message carries (see [`extract_from_http`]).
 pub fn extract_from_nats(headers: &async_nats::HeaderMap) -> Context {
     PROPAGATOR.extract(&WellFormed(NatsHeaderExtractor(headers)))
+}
+
+/// A span context as the read model stores it (provenance of a row): its
+/// W3C `traceparent`, `00-<trace id>-<span id>-<flags>`; `None` for an
+/// invalid context (no span, or telemetry off).
+pub fn to_traceparent(span: &SpanContext) -> Option<String> {
+    span.is_valid().then(|| format!("00-{}-{}-{:02x}", span.trace_id(), span.span_id(), span.trace_flags().to_u8()))
+}
+
+/// The span context a stored `traceparent` names; `None` if it is not a
+/// well-formed one.
+pub fn from_traceparent(traceparent: &str) -> Option<SpanContext> {
+    struct Stored<'a>(&'a str);
+    impl Extractor for Stored<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == TRACEPARENT).then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec![TRACEPARENT]
+        }
+    }
+    let cx = TraceContextPropagator::new().extract(&WellFormed(Stored(traceparent)));
+    let span = cx.span().span_context().clone();
+    span.is_valid().then_some(span)
 }
 
 /// Hides a `traceparent` that is not of the W3C shape. The SDK's parser
@@ -186,6 +211,23 @@ mod tests {
             headers.insert("traceparent", http::HeaderValue::from_static(well_formed));
             assert!(extract_from_http(&headers).span().span_context().is_valid(), "{well_formed}");
         }
+    }
+
+    #[test]
+    fn a_stored_traceparent_names_the_span_it_was_made_from() {
+        let span = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let stored = to_traceparent(&span).unwrap();
+        assert_eq!(stored, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let read = from_traceparent(&stored).unwrap();
+        assert_eq!((read.trace_id(), read.span_id(), read.is_sampled()), (span.trace_id(), span.span_id(), true));
+        assert_eq!(to_traceparent(&SpanContext::empty_context()), None);
+        assert_eq!(from_traceparent("00-3-32-01"), None);
     }
 
     #[test]

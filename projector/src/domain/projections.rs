@@ -3,7 +3,7 @@
 //! account that was never opened, a version out of sequence, a balance that
 //! would go negative) is an error: the event is set aside, never guessed at.
 
-use read_model::{AccountRow, AccountStatus, EventKind, HistoryRow};
+use read_model::{AccountRow, AccountStatus, EventKind, HistoryRow, Provenance};
 use shared::events::AccountEvent;
 
 use super::EventRecord;
@@ -42,6 +42,7 @@ pub fn account_summary(current: Option<&AccountRow>, record: &EventRecord) -> Re
                 position: record.position,
                 opened_at_us: record.occurred_at_us,
                 updated_at_us: record.occurred_at_us,
+                provenance: Provenance::default(),
             }),
             AccountEvent::Opened { .. } => Err(ProjectionError::OutOfSequence { current: 0, got: record.version }),
             _ => Err(ProjectionError::NotOpened(account_id.clone())),
@@ -54,6 +55,8 @@ pub fn account_summary(current: Option<&AccountRow>, record: &EventRecord) -> Re
         return Err(ProjectionError::Closed(account_id.clone()));
     }
     let mut next = current.clone();
+    // Stamped by whoever writes the row (`app::Projector::apply`).
+    next.provenance = Provenance::default();
     next.version = record.version;
     next.position = record.position;
     next.updated_at_us = record.occurred_at_us;
@@ -104,6 +107,8 @@ pub fn account_history(previous: Option<&HistoryRow>, record: &EventRecord) -> R
         amount,
         balance_after,
         occurred_at_us: record.occurred_at_us,
+        command_trace: record.command_trace.clone(),
+        provenance: Provenance::default(),
     })
 }
 
@@ -126,6 +131,7 @@ mod tests {
             account_id: "acc".into(),
             version,
             occurred_at_us: 1_000 * version as i64,
+            command_trace: Some(format!("00-{:032x}-{:016x}-01", version, version)),
             event,
         }
     }
@@ -163,6 +169,7 @@ mod tests {
         let amounts: Vec<i64> = history.iter().map(|row| row.amount).collect();
         assert_eq!(amounts, [0, 100, 30, 70, 0]);
         assert_eq!(history[2].kind, EventKind::FundsWithdrawn);
+        assert_eq!(history[2].command_trace, record(3, opened()).command_trace, "each row keeps its command's trace");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! An event as the projector reads it from the log: the envelope's facts
 //! (position, account, version, time) and the decoded domain event.
 
-use shared::{event_log::headers, events::AccountEvent};
+use shared::{event_log::headers, events::AccountEvent, propagation};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// One event from the log, decoded and checked.
@@ -15,6 +15,10 @@ pub struct EventRecord {
     pub version: u64,
     /// When the event was produced (`ce-time`), µs since the epoch.
     pub occurred_at_us: i64,
+    /// The `traceparent` of the command's PRODUCER span, if it sent a
+    /// well-formed one (re-written from the parsed context: nothing else
+    /// from the header is kept).
+    pub command_trace: Option<String>,
     /// The domain event.
     pub event: AccountEvent,
 }
@@ -69,7 +73,10 @@ impl EventRecord {
         let occurred_at_us = i64::try_from(occurred_at.unix_timestamp_nanos() / 1_000)
             .map_err(|_| RecordError::Header { name: headers::TIME, problem: "out of range".into() })?;
         let event = AccountEvent::decode(header(headers::TYPE), account_id, payload)?;
-        Ok(Self { position, account_id: account_id.to_owned(), version, occurred_at_us, event })
+        let command_trace = header(headers::TRACEPARENT)
+            .and_then(propagation::from_traceparent)
+            .and_then(|span| propagation::to_traceparent(&span));
+        Ok(Self { position, account_id: account_id.to_owned(), version, occurred_at_us, command_trace, event })
     }
 }
 
@@ -89,6 +96,7 @@ mod tests {
             ("ce-subject", "acc-1"),
             ("ce-aggregateversion", "2"),
             ("ce-time", "2026-11-25T10:00:00.5Z"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         ])
     }
 
@@ -105,6 +113,19 @@ mod tests {
         assert_eq!(record.version, 2);
         assert_eq!(record.occurred_at_us, 1_795_600_800_500_000);
         assert_eq!(record.event, AccountEvent::Deposited { amount: 5 });
+        assert_eq!(record.command_trace.as_deref(), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    }
+
+    #[test]
+    fn a_malformed_or_missing_trace_context_is_no_command_trace_and_no_refusal() {
+        for traceparent in [Some("00-3-32-01"), Some("<script>"), None] {
+            let mut headers = valid();
+            match traceparent {
+                Some(value) => headers.insert("traceparent", value),
+                None => headers.remove("traceparent"),
+            };
+            assert_eq!(read(&headers, "bank.account.acc-1").unwrap().command_trace, None, "{traceparent:?}");
+        }
     }
 
     #[test]

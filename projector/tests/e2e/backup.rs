@@ -12,7 +12,9 @@ use testkit::NatsServer;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{InProcess, PREFIX, ProjectorProcess, STREAM, Store, channel, spawn_read_service, spawn_write_service},
+    helpers::{
+        InProcess, PREFIX, ProjectorProcess, STREAM, Store, channel, facts, spawn_read_service, spawn_write_service,
+    },
     telemetry::binary,
 };
 
@@ -137,7 +139,7 @@ async fn read_side(
         };
         let history = queries.get_account_history(request).await.unwrap().into_inner();
         assert!(history.next_page_token.is_empty());
-        answers.push((account, history.entries));
+        answers.push(facts(account, history.entries));
     }
     answers
 }

@@ -336,3 +336,12 @@ impl StoreLock {
         self.0.rollback().await.unwrap();
     }
 }
+
+/// An account and its history as facts about the bank: without when the
+/// read model wrote them and how far it was (`projected_at`,
+/// `as_of_position`), which a rebuild or another query legitimately
+/// changes. The command's `trace_id` is a fact of the event: it stays.
+pub(crate) fn facts(account: pb::Account, history: Vec<pb::HistoryEntry>) -> (pb::Account, Vec<pb::HistoryEntry>) {
+    let history = history.into_iter().map(|entry| pb::HistoryEntry { projected_at: None, ..entry }).collect();
+    (pb::Account { projected_at: None, as_of_position: 0, ..account }, history)
+}

@@ -13,6 +13,7 @@ mod hostile;
 mod partitions;
 mod poison;
 mod promql;
+mod provenance;
 mod queries;
 mod rebuild;
 mod rehearsal;

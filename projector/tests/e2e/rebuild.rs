@@ -10,7 +10,7 @@ async fn snapshot(stack: &Stack, last: u64) -> Vec<(pb::Account, Vec<pb::History
     let mut snapshot = Vec::new();
     for account in accounts {
         let history = stack.history(&account.account_id, last).await;
-        snapshot.push((account, history));
+        snapshot.push(facts(account, history));
     }
     snapshot
 }

@@ -20,9 +20,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::*;
 
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-const QUERY_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+pub(crate) const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub(crate) const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+pub(crate) const QUERY_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// A sibling binary of the projector's in the same target folder (built by
 /// `cargo test --workspace`).
@@ -58,7 +58,7 @@ pub(crate) async fn stop(mut child: Child) {
     assert!(status.success(), "{status:?}");
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -70,7 +70,7 @@ fn text(span: &Span, key: &str) -> String {
     string_attribute(&span.attributes, key).unwrap_or_else(|| panic!("span {} has no string {key}", span.name))
 }
 
-fn find<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str, trace: &str) -> &'a Span {
+pub(crate) fn find<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str, trace: &str) -> &'a Span {
     spans
         .iter()
         .find(|s| s.service == service && s.span.name == name && hex(&s.span.trace_id) == trace)
