@@ -39,6 +39,13 @@ pub struct Config {
     #[arg(long, env = "EVENT_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     pub duplicate_window: Duration,
 
+    /// Of the appends whose trace is sampled, the fraction (0 to 1) whose
+    /// path through the NATS servers is added to their trace: each server
+    /// reports it (nats-server 2.11+ message tracing) and it becomes a
+    /// `nats.server <name>` span under the PRODUCER span. 0: off.
+    #[arg(long, env = "BROKER_TRACE_RATIO", default_value_t = 0.0, value_parser = ratio)]
+    pub broker_trace_ratio: f64,
+
     /// How many accounts' state to keep in memory. Others are rebuilt from
     /// the event log when a command needs them.
     #[arg(long, env = "ACCOUNT_CACHE_CAPACITY", default_value = "100000")]
@@ -48,6 +55,13 @@ pub struct Config {
     /// (same `command_id`) without touching the event log.
     #[arg(long, env = "REPLY_CACHE_CAPACITY", default_value = "100000")]
     pub reply_cache_capacity: NonZeroUsize,
+}
+
+fn ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{value:?} is not a fraction from 0 to 1")),
+    }
 }
 
 /// The command line: the service by default, or an operation on the event

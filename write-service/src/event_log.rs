@@ -31,7 +31,10 @@ use shared::{
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::sync::watch;
 
-use crate::domain::{Account, AccountId, AccountStatus, CommandId};
+use crate::{
+    broker_trace::{BrokerTracing, TRACE_DEST},
+    domain::{Account, AccountId, AccountStatus, CommandId},
+};
 
 /// How many of an account's most recent command ids a history replay
 /// reports, for recognising retries of refused commands.
@@ -84,7 +87,7 @@ pub enum EventLogError {
 
 /// `what` failed for `source`, a JetStream or NATS error (or a
 /// description of an answer that makes no sense), kept as the cause.
-fn failed(what: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> EventLogError {
+pub(crate) fn failed(what: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> EventLogError {
     EventLogError::Request { what, source: source.into() }
 }
 
@@ -242,6 +245,8 @@ pub struct EventLog {
     /// Counts the client's disconnects (fed by its event callback), if
     /// known: see [`Self::failing_appends_on`].
     disconnects: Option<watch::Receiver<u64>>,
+    /// Which appends ask the servers for a trace report (off: `None`).
+    broker_tracing: Option<BrokerTracing>,
 }
 
 impl EventLog {
@@ -287,6 +292,7 @@ impl EventLog {
             tracer: global::tracer("write-service"),
             source: "write-service",
             disconnects: None,
+            broker_tracing: None,
         })
     }
 
@@ -297,6 +303,13 @@ impl EventLog {
     /// `command_id`, lands on a live server at once (docs/scaling.md).
     pub fn failing_appends_on(mut self, disconnects: watch::Receiver<u64>) -> Self {
         self.disconnects = Some(disconnects);
+        self
+    }
+
+    /// Asks the servers to report on the appends `tracing` draws (the
+    /// broker hop in their traces: [`crate::broker_trace`]).
+    pub fn tracing_the_broker(mut self, tracing: Option<BrokerTracing>) -> Self {
+        self.broker_tracing = tracing;
         self
     }
 
@@ -477,6 +490,9 @@ impl EventLog {
         let mut message_headers = envelope.headers();
         // The event carries the PRODUCER span's context: consumers link to it.
         propagation::inject_into_nats(&cx, &mut message_headers);
+        if let Some(dest) = self.broker_tracing.as_ref().and_then(|t| t.dest_for(cx.span().span_context())) {
+            message_headers.insert(TRACE_DEST, dest);
+        }
         let message_id = envelope.message_id();
         let publish = PublishMessage::build()
             .payload(event.encode(id.as_str()).into())

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod backup;
+pub mod broker_trace;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -20,6 +20,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     app::Accounts,
+    broker_trace::BrokerTracing,
     config::Config,
     event_log::{EventLog, StreamSettings},
     grpc::CommandService,
@@ -120,7 +121,8 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
         EventLog::open(client.clone(), config.event_log.clone(), &settings, config.nats.request_timeout)
     })
     .await
-    .failing_appends_on(disconnects);
+    .failing_appends_on(disconnects)
+    .tracing_the_broker(broker_tracing(&client, config.broker_trace_ratio).await);
     let Some(accounts) = accounts.upgrade() else { return };
     let connected = log.is_connected();
     accounts.attach(log);
@@ -128,6 +130,16 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
     if connected {
         set_health(&reporter, ServingStatus::Serving).await;
     }
+}
+
+/// The broker tracing of `ratio`, if on and its inbox can be subscribed
+/// to (without it, appends go on untraced).
+async fn broker_tracing(client: &async_nats::Client, ratio: f64) -> Option<BrokerTracing> {
+    BrokerTracing::start(client, ratio)
+        .await
+        .inspect_err(|error| tracing::warn!(%error, "cannot trace the broker hop; appends go on without it"))
+        .ok()
+        .flatten()
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backup;
+mod broker;
 mod cluster;
 mod faults;
 mod helpers;

@@ -22,10 +22,10 @@ use crate::{
     telemetry::{CLIENT_SPAN, QUERY_TRACE, TRACE, find, hex, spawn, stop},
 };
 
-/// A request in the client's sampled trace `trace`.
-fn in_trace<T>(message: T, trace: &str) -> tonic::Request<T> {
+/// A request in the client's trace `trace`, sampled if `flags` is `01`.
+pub(crate) fn in_trace<T>(message: T, trace: &str, flags: &str) -> tonic::Request<T> {
     let mut request = message.into_request();
-    let traceparent = format!("00-{trace}-{CLIENT_SPAN}-01");
+    let traceparent = format!("00-{trace}-{CLIENT_SPAN}-{flags}");
     request.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
     request
 }
@@ -78,9 +78,9 @@ async fn an_answer_says_how_fresh_it_is_and_its_trace_leads_back_to_the_command(
         command_id: String::new(),
         expected_version: None,
     };
-    let deposited = commands.deposit_funds(in_trace(deposit, TRACE)).await.unwrap().into_inner();
+    let deposited = commands.deposit_funds(in_trace(deposit, TRACE, "01")).await.unwrap().into_inner();
     let get = pb::GetAccountRequest { account_id: "fresh".into(), min_position: deposited.position };
-    let account = queries.get_account(in_trace(get, QUERY_TRACE)).await.unwrap().into_inner();
+    let account = queries.get_account(in_trace(get, QUERY_TRACE, "01")).await.unwrap().into_inner();
     let answered_at = now_us();
     let history = queries
         .get_account_history(pb::GetAccountHistoryRequest { account_id: "fresh".into(), ..Default::default() })

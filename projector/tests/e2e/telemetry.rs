@@ -193,6 +193,9 @@ async fn one_trace_across_the_broker_and_every_metric_reach_the_collector() {
         assert!(matches!(attr(projection, "cqrs.projection.lag_ms"), Some(Value::DoubleValue(_))));
     }
 
+    // Broker tracing is off by default: no server was asked for a report.
+    assert!(!spans.iter().any(|s| s.span.name.starts_with("nats.server ")));
+
     // read-service: SERVER -> query.GetAccount, in the client's trace.
     let read_server = find(&spans, "read-service", "bank.v1.AccountQueryService/GetAccount", QUERY_TRACE);
     assert_eq!(text(read_server, "cqrs.side"), "read");
@@ -320,16 +323,16 @@ async fn a_call_the_client_cancels_is_counted_with_its_status_and_its_spans_end(
 /// write-service and projector, exporting to `receiver` (spans every
 /// 100 ms, metrics every 500 ms), on a fresh NATS and SQLite store; `extra`
 /// on top of their environment.
-struct Exporting {
+pub(crate) struct Exporting {
     nats: NatsServer,
     store: Store,
     write: Child,
     projector: Child,
-    commands: pb::account_command_service_client::AccountCommandServiceClient<tonic::transport::Channel>,
+    pub(crate) commands: pb::account_command_service_client::AccountCommandServiceClient<tonic::transport::Channel>,
 }
 
 impl Exporting {
-    async fn start(receiver: &OtlpReceiver, extra: &[(&'static str, &str)]) -> Self {
+    pub(crate) async fn start(receiver: &OtlpReceiver, extra: &[(&'static str, &str)]) -> Self {
         let nats = NatsServer::start().await;
         let store = Store::sqlite();
         let mut env = vec![
@@ -350,7 +353,7 @@ impl Exporting {
     }
 
     /// Waits until both projections have applied `position`.
-    async fn projected(&self, position: u64) {
+    pub(crate) async fn projected(&self, position: u64) {
         let read_model = read_model::ReadStore::connect(&self.store.url(), 1).await.unwrap();
         testkit::eventually(Duration::from_secs(15), &format!("position {position} projected"), || {
             let read_model = read_model.clone();
@@ -365,7 +368,7 @@ impl Exporting {
     }
 
     /// SIGTERM to both: they flush their telemetry on the way out.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         tokio::join!(stop(self.write), stop(self.projector));
         drop(self.nats);
     }
