@@ -117,9 +117,11 @@ class Stack:
                             "-js", "-sd", str(self.work / "nats")])
         wait_for(lambda: tcp_open(self.nats_port), "nats-server")
 
-    def service_env(self, telemetry):
+    def service_env(self, telemetry, broker_trace=False):
         env = {"NATS_URL": self.nats_url, "READ_STORE_URL": f"sqlite://{self.sqlite}",
                "PAGE_TOKEN_SECRET": "bench-page-token-key"}
+        if broker_trace:
+            env.update(BROKER_TRACE_RATIO="1")
         if telemetry:
             env.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{self.ports['sink']}",
                        OTEL_METRIC_EXPORT_INTERVAL="10000")
@@ -127,8 +129,8 @@ class Stack:
             env.update(OTEL_SDK_DISABLED="true")
         return env
 
-    def start_services(self, telemetry=False):
-        env = self.service_env(telemetry)
+    def start_services(self, telemetry=False, broker_trace=False):
+        env = self.service_env(telemetry, broker_trace)
         self.start("write-service", [str(self.bin / "write-service")],
                    dict(env, LISTEN_ADDR=f"127.0.0.1:{self.ports['write']}"))
         self.start_projector(telemetry)
@@ -334,16 +336,19 @@ def run(stack, args, concurrencies, results):
     # restarted write-service reloads each account from the log once).
     c_tel = 64 if 64 in concurrencies else concurrencies[-1]
     results["telemetry"] = {"concurrency": c_tel}
-    for mode, on in [("off", False), ("on", True)]:
+    # "broker": on, and every (sampled) append also traced by nats-server
+    # (BROKER_TRACE_RATIO=1, the most it can cost); write path only.
+    for mode, on, broker in [("off", False, False), ("on", True, False), ("broker", True, True)]:
         log(f"telemetry {mode}, {c_tel} in flight")
         stack.stop_services()
-        stack.start_services(telemetry=on)
+        stack.start_services(telemetry=on, broker_trace=broker)
         closed(stack, "write", c_tel, args, duration=args.warmup)
-        closed(stack, "read", c_tel, args, duration=args.warmup)
-        results["telemetry"][mode] = {
-            "write": row(closed(stack, "write", c_tel, args, cpu_of=("write-service", "sink")), "DepositFunds"),
-            "read": row(closed(stack, "read", c_tel, args, cpu_of=("read-service", "sink")), "GetAccount"),
-        }
+        cpu = ("write-service", "sink", "nats")
+        results["telemetry"][mode] = {"write": row(closed(stack, "write", c_tel, args, cpu_of=cpu), "DepositFunds")}
+        if not broker:
+            closed(stack, "read", c_tel, args, duration=args.warmup)
+            results["telemetry"][mode]["read"] = row(
+                closed(stack, "read", c_tel, args, cpu_of=("read-service", "sink")), "GetAccount")
     stack.stop_services()
 
     # Projector catch-up: top the log up to the backlog, then rebuild.
@@ -583,6 +588,15 @@ def render(r, args):
                      f"{ratio(on['throughput'], off['throughput'])} | {off['p99_ms']:.2f} | {on['p99_ms']:.2f} | "
                      f"{cpu_off:.1f} → {cpu_on:.1f} | {ratio(cpu_on, cpu_off)} | "
                      f"{on.get('cpu_us', {}).get('sink', 0):.1f} |")
+    off, on, broker = t["off"]["write"], t["on"]["write"], t["broker"]["write"]
+    cpu = lambda figure: sum(figure.get("cpu_us", {}).get(name, 0) for name in ("write-service", "sink", "nats"))
+    lines += ["", "Broker hop in the trace (`BROKER_TRACE_RATIO=1`: nats-server reports every append, each report "
+                  "becomes a span), write path against telemetry on:", "",
+              "| | ops/s | p99 ms | CPU µs/op (write-service + sink + nats-server) |", "|---|---|---|---|",
+              f"| telemetry off | {off['throughput']:,.0f} | {off['p99_ms']:.2f} | {cpu(off):.1f} |",
+              f"| telemetry on | {on['throughput']:,.0f} | {on['p99_ms']:.2f} | {cpu(on):.1f} |",
+              f"| on + broker tracing | {broker['throughput']:,.0f} ({ratio(broker['throughput'], on['throughput'])} "
+              f"of on) | {broker['p99_ms']:.2f} | {cpu(broker):.1f} ({ratio(cpu(broker), cpu(on))} of on) |"]
     m = r["memory"]
     samples = ", ".join(f"{fraction:.0%}: {rss:.1f} MiB" for fraction, rss in m["write_samples"])
     lines += ["", f"### 5. Resident memory, {m['accounts']:,} distinct accounts", "",

@@ -12,8 +12,14 @@
 //! projection span's link, as before. Off by default (`BROKER_TRACE_RATIO`);
 //! a traced append costs the server one report and this process one
 //! parse and span.
+//!
+//! A server refuses a message whose `Nats-Trace-Dest` its publisher may
+//! not publish to — the append itself, not just the trace. So the reports
+//! go to a subject of the event log's prefix (`<prefix>.trace.<id>`, which
+//! deploy/'s write-service user may use), and tracing starts only after a
+//! trace-only probe (`Nats-Trace-Only`: never stored) came back.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use opentelemetry::{
@@ -21,13 +27,19 @@ use opentelemetry::{
     trace::{Span, SpanContext, SpanKind, Status as SpanStatus, TraceContextExt, Tracer},
 };
 use serde_json::Value;
-use shared::{grpc_telemetry::CQRS_SIDE, propagation};
+use shared::{event_log::EventLogArgs, grpc_telemetry::CQRS_SIDE, propagation};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::event_log::{EventLogError, failed};
 
 /// The header that asks the servers for a report, and where to send it.
 pub const TRACE_DEST: &str = "Nats-Trace-Dest";
+
+/// The header that asks for the report only: the message goes nowhere.
+const TRACE_ONLY: &str = "Nats-Trace-Only";
+
+/// How long the probe's report may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which appends ask for the broker's report, and where it goes.
 #[derive(Debug, Clone)]
@@ -40,15 +52,35 @@ pub struct BrokerTracing {
 }
 
 impl BrokerTracing {
-    /// Subscribes to an inbox for the servers' reports and turns them into
-    /// spans in the background, if `ratio` > 0. The task ends with the
-    /// connection.
-    pub async fn start(client: &async_nats::Client, ratio: f64) -> Result<Option<Self>, EventLogError> {
+    /// If `ratio` > 0 and the servers report (nats-server 2.11+, and the
+    /// NATS user may use `<prefix>.trace.*`): subscribes to this process's
+    /// report subject and turns the reports into spans in the background
+    /// (the task ends with the connection). Else `None`, saying why.
+    pub async fn start(
+        client: &async_nats::Client,
+        names: &EventLogArgs,
+        ratio: f64,
+    ) -> Result<Option<Self>, EventLogError> {
         if ratio <= 0.0 {
             return Ok(None);
         }
-        let dest = client.new_inbox();
+        let dest = format!("{}.trace.{}", names.subject_prefix, uuid::Uuid::new_v4().simple());
         let mut reports = client.subscribe(dest.clone()).await.map_err(|e| failed("subscribe to broker traces", e))?;
+        let mut probe = async_nats::HeaderMap::new();
+        probe.insert(TRACE_DEST, dest.as_str());
+        probe.insert(TRACE_ONLY, "true");
+        client
+            .publish_with_headers(names.account_subject("broker-trace-probe"), probe, bytes::Bytes::new())
+            .await
+            .map_err(|e| failed("probe broker tracing", e))?;
+        if !matches!(tokio::time::timeout(PROBE_TIMEOUT, reports.next()).await, Ok(Some(_))) {
+            tracing::warn!(
+                subject = %dest,
+                "BROKER_TRACE_RATIO is set but the NATS servers did not report a trace-only probe (nats-server \
+                 older than 2.11, or this NATS user may not publish to <prefix>.trace.*): broker tracing is off"
+            );
+            return Ok(None);
+        }
         tokio::spawn(async move {
             let tracer = global::tracer("write-service");
             while let Some(report) = reports.next().await {
@@ -226,7 +258,7 @@ mod tests {
     use super::*;
 
     /// What nats-server 2.15.1 sent for a traced append to a stream.
-    const STORED: &str = r#"{"server":{"name":"n1","host":"127.0.0.1","id":"NDX","ver":"2.15.1","jetstream":true,"flags":7,"seq":18,"time":"2026-12-06T10:13:29.231468248Z"},"request":{"header":{"traceparent":["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],"Nats-Trace-Dest":["_INBOX.x"]},"msgsize":87},"events":[{"type":"in","ts":"2026-12-06T10:13:29.231221426Z","kind":0,"cid":6,"acc":"APP","subj":"ev.a"},{"type":"js","ts":"2026-12-06T10:13:29.231273947Z","stream":"S","subject":"ev.a"}]}"#;
+    const STORED: &str = r#"{"server":{"name":"n1","host":"127.0.0.1","id":"NDX","ver":"2.15.1","jetstream":true,"flags":7,"seq":18,"time":"2026-12-06T10:13:29.231468248Z"},"request":{"header":{"traceparent":["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],"Nats-Trace-Dest":["bank.trace.x"]},"msgsize":87},"events":[{"type":"in","ts":"2026-12-06T10:13:29.231221426Z","kind":0,"cid":6,"acc":"APP","subj":"ev.a"},{"type":"js","ts":"2026-12-06T10:13:29.231273947Z","stream":"S","subject":"ev.a"}]}"#;
 
     fn sampled(trace_id: &str) -> SpanContext {
         SpanContext::new(
@@ -259,11 +291,11 @@ mod tests {
 
     #[test]
     fn only_sampled_appends_are_drawn_by_ratio() {
-        let tracing = |ratio| BrokerTracing { dest: "_INBOX.x".into(), threshold: threshold(ratio) };
+        let tracing = |ratio| BrokerTracing { dest: "bank.trace.x".into(), threshold: threshold(ratio) };
         let low = sampled("4bf92f3577b34da60000000000000001");
         let high = sampled("4bf92f3577b34da6ffffffffffffff00");
-        assert_eq!(tracing(1.0).dest_for(&high), Some("_INBOX.x"));
-        assert_eq!(tracing(0.5).dest_for(&low), Some("_INBOX.x"));
+        assert_eq!(tracing(1.0).dest_for(&high), Some("bank.trace.x"));
+        assert_eq!(tracing(0.5).dest_for(&low), Some("bank.trace.x"));
         assert_eq!(tracing(0.5).dest_for(&high), None);
         let unsampled =
             SpanContext::new(low.trace_id(), low.span_id(), TraceFlags::default(), false, TraceState::default());

@@ -122,7 +122,7 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
     })
     .await
     .failing_appends_on(disconnects)
-    .tracing_the_broker(broker_tracing(&client, config.broker_trace_ratio).await);
+    .tracing_the_broker(broker_tracing(&client, &config).await);
     let Some(accounts) = accounts.upgrade() else { return };
     let connected = log.is_connected();
     accounts.attach(log);
@@ -132,10 +132,10 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
     }
 }
 
-/// The broker tracing of `ratio`, if on and its inbox can be subscribed
-/// to (without it, appends go on untraced).
-async fn broker_tracing(client: &async_nats::Client, ratio: f64) -> Option<BrokerTracing> {
-    BrokerTracing::start(client, ratio)
+/// The broker tracing `config` asks for, if the servers can do it
+/// (without it, appends go on untraced).
+async fn broker_tracing(client: &async_nats::Client, config: &Config) -> Option<BrokerTracing> {
+    BrokerTracing::start(client, &config.event_log, config.broker_trace_ratio)
         .await
         .inspect_err(|error| tracing::warn!(%error, "cannot trace the broker hop; appends go on without it"))
         .ok()

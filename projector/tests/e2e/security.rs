@@ -41,6 +41,7 @@ fn auth_config() -> String {
         .unwrap()
         .replace("BANK_EVENTS", STREAM)
         .replace("bank.account.", &format!("{PREFIX}.account."))
+        .replace("bank.trace.", &format!("{PREFIX}.trace."))
         .replace("$WRITE_SERVICE_NATS_PASSWORD", &format!("\"{WRITE_PASSWORD}\""))
         .replace("$PROJECTOR_NATS_PASSWORD", &format!("\"{PROJECTOR_PASSWORD}\""))
         .replace("$ADMIN_NATS_PASSWORD", &format!("\"{ADMIN_PASSWORD}\""))
@@ -93,7 +94,10 @@ async fn least_privilege_users_run_the_system_and_no_secret_leaks() {
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
     );
-    let write = spawn("write-service", write_addr, &common("write-service", WRITE_PASSWORD));
+    // With the broker hop traced too: its reports need a permission.
+    let mut write_env = common("write-service", WRITE_PASSWORD);
+    write_env.push(("BROKER_TRACE_RATIO", "1".to_owned()));
+    let write = spawn("write-service", write_addr, &write_env);
     wait_for_health(write_addr, ServingStatus::Serving).await;
     let projector = spawn("projector", projector_addr, &common("projector", PROJECTOR_PASSWORD));
     let read = spawn("read-service", read_addr, &common("", ""));
@@ -208,6 +212,8 @@ async fn least_privilege_users_run_the_system_and_no_secret_leaks() {
         everything.push(format!("{:?}", span.resource));
     }
     assert!(receiver.spans().len() > 5, "spans were exported");
+    let broker_spans = receiver.spans().iter().filter(|s| s.span.name.starts_with("nats.server ")).count();
+    assert!(broker_spans >= 3, "the write-service user may have the broker trace its appends: {broker_spans} spans");
     for text in &everything {
         for secret in SECRETS {
             assert!(!text.contains(secret), "a secret leaked: {secret} in {text}");
