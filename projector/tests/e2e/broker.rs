@@ -7,10 +7,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use shared::proto::bank::v1 as pb;
 use testkit::otlp::{OtlpReceiver, string_attribute};
 
-use crate::{
-    provenance::in_trace,
-    telemetry::{Exporting, QUERY_TRACE, TRACE, find, hex},
-};
+use crate::telemetry::{Exporting, QUERY_TRACE, TRACE, find, hex, in_trace};
 
 fn event_time(span: &Span, name: &str) -> u64 {
     span.events.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no {name} event")).time_unix_nano
@@ -24,18 +21,7 @@ async fn a_sampled_deposits_trace_shows_the_broker_storing_it_between_the_produc
 
     // When an account is opened and a deposit comes in the client's sampled
     // trace, and another in an unsampled one.
-    let open = pb::OpenAccountRequest { account_id: "hop".into(), owner: "Ada".into(), command_id: String::new() };
-    system.commands.open_account(open).await.unwrap();
-    let mut last = 0;
-    for (trace, flags) in [(TRACE, "01"), (QUERY_TRACE, "00")] {
-        let deposit = pb::DepositFundsRequest {
-            account_id: "hop".into(),
-            amount: 5,
-            command_id: String::new(),
-            expected_version: None,
-        };
-        last = system.commands.deposit_funds(in_trace(deposit, trace, flags)).await.unwrap().into_inner().position;
-    }
+    let last = system.deposits_in_traces("hop", &[(TRACE, "01"), (QUERY_TRACE, "00")]).await;
     system.projected(last).await;
     system.stop().await;
 

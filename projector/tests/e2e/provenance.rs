@@ -4,31 +4,14 @@
 //! that wrote the row, which links to the command's PRODUCER span. Against
 //! a real OTLP/gRPC receiver, the three binaries, NATS and SQLite.
 
-use std::{net::SocketAddr, time::SystemTime};
-
-use prost_types::Timestamp;
+use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span};
+use prost_types::Timestamp;
 use shared::proto::bank::v1 as pb;
-use testkit::{
-    NatsServer, free_port,
-    otlp::{OtlpReceiver, attribute},
-};
-use tonic::{IntoRequest, metadata::MetadataValue};
-use tonic_health::pb::health_check_response::ServingStatus;
+use testkit::otlp::{OtlpReceiver, attribute};
 
-use crate::{
-    helpers::*,
-    telemetry::{CLIENT_SPAN, QUERY_TRACE, TRACE, find, hex, spawn, stop},
-};
-
-/// A request in the client's trace `trace`, sampled if `flags` is `01`.
-pub(crate) fn in_trace<T>(message: T, trace: &str, flags: &str) -> tonic::Request<T> {
-    let mut request = message.into_request();
-    let traceparent = format!("00-{trace}-{CLIENT_SPAN}-{flags}");
-    request.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
-    request
-}
+use crate::telemetry::{Exporting, QUERY_TRACE, TRACE, find, hex, in_trace};
 
 fn micros(timestamp: Option<&Timestamp>) -> i64 {
     let timestamp = timestamp.expect("a timestamp");
@@ -48,24 +31,8 @@ fn linked<'a>(spans: &'a [testkit::otlp::ReceivedSpan], link: &[u8]) -> &'a Span
 async fn an_answer_says_how_fresh_it_is_and_its_trace_leads_back_to_the_command() {
     // Given the three services exporting to one OTLP receiver.
     let receiver = OtlpReceiver::start().await;
-    let nats = NatsServer::start().await;
-    let store = Store::sqlite();
-    let env = vec![
-        ("NATS_URL", nats.url()),
-        ("READ_STORE_URL", store.url()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-    ];
-    let [write_addr, projector_addr, read_addr] = [0; 3].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let write = spawn("write-service", write_addr, &env);
-    wait_for_health(write_addr, ServingStatus::Serving).await;
-    let projector = spawn("projector", projector_addr, &env);
-    let read = spawn("read-service", read_addr, &env);
-    wait_for_health(projector_addr, ServingStatus::Serving).await;
-    wait_for_health(read_addr, ServingStatus::Serving).await;
-    let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
-    let mut queries = pb::account_query_service_client::AccountQueryServiceClient::new(channel(read_addr));
+    let system = Exporting::start(&receiver, &[]).await;
+    let (mut commands, mut queries) = (system.commands.clone(), system.queries.clone());
 
     // When an account is opened, then a deposit comes in the client's trace,
     // and the client reads its write back.
@@ -108,7 +75,7 @@ async fn an_answer_says_how_fresh_it_is_and_its_trace_leads_back_to_the_command(
     // And the whole chain can be followed: the query span links to the
     // projection span that wrote the row, which links to the deposit's
     // PRODUCER span, in the client's trace.
-    tokio::join!(stop(write), stop(projector), stop(read));
+    system.stop().await;
     let spans = receiver.spans();
     let query = find(&spans, "read-service", "query.GetAccount", QUERY_TRACE);
     assert_eq!(query.links.len(), 1, "{:?}", query.links);

@@ -81,37 +81,17 @@ pub(crate) fn find<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str, tra
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_the_broker_and_every_metric_reach_the_collector() {
     let receiver = OtlpReceiver::start().await;
-    let nats = NatsServer::start().await;
-    let store = Store::sqlite();
-    let env = vec![
-        ("NATS_URL", nats.url()),
-        ("READ_STORE_URL", store.url()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-    ];
-    let [write_addr, projector_addr, read_addr] = [0; 3].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let write = spawn("write-service", write_addr, &env);
-    wait_for_health(write_addr, ServingStatus::Serving).await;
-    let projector = spawn("projector", projector_addr, &env);
-    let read = spawn("read-service", read_addr, &env);
-    wait_for_health(projector_addr, ServingStatus::Serving).await;
-    wait_for_health(read_addr, ServingStatus::Serving).await;
-
-    let mut commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
-    let mut queries = pb::account_query_service_client::AccountQueryServiceClient::new(channel(read_addr));
+    let system = Exporting::start(&receiver, &[]).await;
+    let (mut commands, mut queries) = (system.commands.clone(), system.queries.clone());
     let open = pb::OpenAccountRequest { account_id: "traced".into(), owner: "Ada".into(), command_id: String::new() };
     commands.open_account(open).await.unwrap();
-    let mut deposit = pb::DepositFundsRequest {
+    let deposit = pb::DepositFundsRequest {
         account_id: "traced".into(),
         amount: 100,
         command_id: String::new(),
         expected_version: None,
-    }
-    .into_request();
-    let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
-    deposit.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
-    let deposited = commands.deposit_funds(deposit).await.unwrap().into_inner();
+    };
+    let deposited = commands.deposit_funds(in_trace(deposit, TRACE, "01")).await.unwrap().into_inner();
     // A refused command (an error by business rule, not by the server).
     let overdraw = pb::WithdrawFundsRequest {
         account_id: "traced".into(),
@@ -121,11 +101,8 @@ async fn one_trace_across_the_broker_and_every_metric_reach_the_collector() {
     };
     assert_eq!(commands.withdraw_funds(overdraw).await.unwrap_err().code(), Code::FailedPrecondition);
 
-    let mut get =
-        pb::GetAccountRequest { account_id: "traced".into(), min_position: deposited.position }.into_request();
-    let query_parent = format!("00-{QUERY_TRACE}-{CLIENT_SPAN}-01");
-    get.metadata_mut().insert("traceparent", MetadataValue::try_from(query_parent.as_str()).unwrap());
-    assert_eq!(queries.get_account(get).await.unwrap().into_inner().balance, 100);
+    let get = pb::GetAccountRequest { account_id: "traced".into(), min_position: deposited.position };
+    assert_eq!(queries.get_account(in_trace(get, QUERY_TRACE, "01")).await.unwrap().into_inner().balance, 100);
     let missing = pb::GetAccountRequest { account_id: "missing".into(), min_position: 0 };
     assert_eq!(queries.get_account(missing).await.unwrap_err().code(), Code::NotFound);
     // A malformed trace context is ignored: the call succeeds in a new trace.
@@ -135,7 +112,7 @@ async fn one_trace_across_the_broker_and_every_metric_reach_the_collector() {
     assert_eq!(queries.list_accounts(garbled).await.unwrap().into_inner().accounts.len(), 1);
 
     // SIGTERM flushes traces and metrics before exit.
-    tokio::join!(stop(write), stop(projector), stop(read));
+    system.stop().await;
     let spans = receiver.spans();
 
     // write-service: SERVER -> command.DepositFunds -> PRODUCER, in the client's trace.
@@ -320,15 +297,25 @@ async fn a_call_the_client_cancels_is_counted_with_its_status_and_its_spans_end(
     assert!(durations.contains("CANCELLED"), "cqrs.query.duration: {durations:?}");
 }
 
-/// write-service and projector, exporting to `receiver` (spans every
-/// 100 ms, metrics every 500 ms), on a fresh NATS and SQLite store; `extra`
-/// on top of their environment.
+/// A request in the client's trace `trace`, sampled if `flags` is `01`.
+pub(crate) fn in_trace<T>(message: T, trace: &str, flags: &str) -> tonic::Request<T> {
+    let mut request = message.into_request();
+    let traceparent = format!("00-{trace}-{CLIENT_SPAN}-{flags}");
+    request.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
+    request
+}
+
+/// The three services, exporting to `receiver` (spans every 100 ms,
+/// metrics every 500 ms), on a fresh NATS and SQLite store; `extra` on top
+/// of their environment.
 pub(crate) struct Exporting {
     nats: NatsServer,
     store: Store,
     write: Child,
     projector: Child,
+    read: Child,
     pub(crate) commands: pb::account_command_service_client::AccountCommandServiceClient<tonic::transport::Channel>,
+    pub(crate) queries: pb::account_query_service_client::AccountQueryServiceClient<tonic::transport::Channel>,
 }
 
 impl Exporting {
@@ -343,13 +330,30 @@ impl Exporting {
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ];
         env.extend(extra.iter().map(|(name, value)| (*name, (*value).to_owned())));
-        let [write_addr, projector_addr] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let [write_addr, projector_addr, read_addr] = [0; 3].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let write = spawn("write-service", write_addr, &env);
         wait_for_health(write_addr, ServingStatus::Serving).await;
         let projector = spawn("projector", projector_addr, &env);
+        let read = spawn("read-service", read_addr, &env);
         wait_for_health(projector_addr, ServingStatus::Serving).await;
+        wait_for_health(read_addr, ServingStatus::Serving).await;
         let commands = pb::account_command_service_client::AccountCommandServiceClient::new(channel(write_addr));
-        Self { nats, store, write, projector, commands }
+        let queries = pb::account_query_service_client::AccountQueryServiceClient::new(channel(read_addr));
+        Self { nats, store, write, projector, read, commands, queries }
+    }
+
+    /// Opens `account_id`, then deposits 5 in each of `traces` (trace id,
+    /// flags); returns the last deposit's position.
+    pub(crate) async fn deposits_in_traces(&mut self, account_id: &str, traces: &[(&str, &str)]) -> u64 {
+        let open =
+            pb::OpenAccountRequest { account_id: account_id.into(), owner: "Ada".into(), command_id: String::new() };
+        self.commands.open_account(open).await.unwrap();
+        let mut last = 0;
+        for (trace, flags) in traces {
+            let deposit = pb::DepositFundsRequest { account_id: account_id.into(), amount: 5, ..Default::default() };
+            last = self.commands.deposit_funds(in_trace(deposit, trace, flags)).await.unwrap().into_inner().position;
+        }
+        last
     }
 
     /// Waits until both projections have applied `position`.
@@ -367,9 +371,9 @@ impl Exporting {
         .await;
     }
 
-    /// SIGTERM to both: they flush their telemetry on the way out.
+    /// SIGTERM to all: they flush their telemetry on the way out.
     pub(crate) async fn stop(self) {
-        tokio::join!(stop(self.write), stop(self.projector));
+        tokio::join!(stop(self.write), stop(self.projector), stop(self.read));
         drop(self.nats);
     }
 }
@@ -457,21 +461,7 @@ async fn a_projection_span_follows_the_sampling_decision_of_the_command_it_links
     let mut system = Exporting::start(&receiver, &sampler).await;
 
     // When one deposit comes in a sampled trace and one in an unsampled one.
-    let open = pb::OpenAccountRequest { account_id: "sampled".into(), owner: "Ada".into(), command_id: String::new() };
-    system.commands.open_account(open).await.unwrap();
-    let mut last = 0;
-    for (trace, flags) in [(TRACE, "01"), (QUERY_TRACE, "00")] {
-        let deposit = pb::DepositFundsRequest {
-            account_id: "sampled".into(),
-            amount: 5,
-            command_id: String::new(),
-            expected_version: None,
-        };
-        let mut request = deposit.into_request();
-        let traceparent = format!("00-{trace}-{CLIENT_SPAN}-{flags}");
-        request.metadata_mut().insert("traceparent", MetadataValue::try_from(traceparent.as_str()).unwrap());
-        last = system.commands.deposit_funds(request).await.unwrap().into_inner().position;
-    }
+    let last = system.deposits_in_traces("sampled", &[(TRACE, "01"), (QUERY_TRACE, "00")]).await;
     system.projected(last).await;
     system.stop().await;
 
