@@ -175,6 +175,90 @@ impl Envelope<'_> {
     }
 }
 
+/// An event's envelope as read back from the log: the one place that reads
+/// what [`Envelope`] writes (the write-service loading an account, the
+/// projector applying an event). `header` looks a header up by name, so
+/// that readers without NATS types (the projector's domain) can use it.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredEnvelope<F>(F);
+
+/// A header the envelope requires is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("header {name}: {problem}")]
+pub struct EnvelopeError {
+    /// The header.
+    pub name: &'static str,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+impl StoredEnvelope<()> {
+    /// The envelope of a NATS message's headers.
+    pub fn of<'a>(headers: &'a async_nats::HeaderMap) -> StoredEnvelope<impl Fn(&str) -> Option<&'a str> + Copy> {
+        StoredEnvelope(move |name: &str| headers.get(name).map(|value| value.as_str()))
+    }
+}
+
+impl<'a, F: Fn(&str) -> Option<&'a str>> StoredEnvelope<F> {
+    /// The envelope whose headers `header` looks up.
+    pub fn new(header: F) -> Self {
+        Self(header)
+    }
+
+    fn required(&self, name: &'static str) -> Result<&'a str, EnvelopeError> {
+        (self.0)(name).ok_or(EnvelopeError { name, problem: "missing" })
+    }
+
+    /// The event's type name (`ce-type`), if it has one.
+    pub fn event_type(&self) -> Option<&'a str> {
+        (self.0)(headers::TYPE)
+    }
+
+    /// The account it belongs to (`ce-subject`).
+    pub fn account_id(&self) -> Result<&'a str, EnvelopeError> {
+        self.required(headers::SUBJECT)
+    }
+
+    /// The account's version after the event: a positive integer.
+    pub fn version(&self) -> Result<u64, EnvelopeError> {
+        let version = self.required(headers::AGGREGATE_VERSION)?;
+        version
+            .parse::<u64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or(EnvelopeError { name: headers::AGGREGATE_VERSION, problem: "not a positive integer" })
+    }
+
+    /// The account's balance after the event; `None` for events written
+    /// before the header existed.
+    pub fn balance(&self) -> Option<Result<i64, EnvelopeError>> {
+        let balance = (self.0)(headers::ACCOUNT_BALANCE)?;
+        Some(balance.parse().map_err(|_| EnvelopeError { name: headers::ACCOUNT_BALANCE, problem: "not an integer" }))
+    }
+
+    /// When the event was produced (`ce-time`), µs since the epoch.
+    pub fn occurred_at_us(&self) -> Result<i64, EnvelopeError> {
+        let time = self.required(headers::TIME)?;
+        let malformed = EnvelopeError { name: headers::TIME, problem: "not an RFC 3339 time in range" };
+        let time = time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| malformed.clone())?;
+        i64::try_from(time.unix_timestamp_nanos() / 1_000).map_err(|_| malformed)
+    }
+
+    /// The idempotency key of the command that produced it, if any.
+    pub fn command_id(&self) -> Option<&'a str> {
+        (self.0)(headers::COMMAND_ID)
+    }
+
+    /// The PRODUCER span's `traceparent`, if well-formed, re-written from
+    /// the parsed context (nothing else from the header is kept).
+    pub fn traceparent(&self) -> Option<String> {
+        (self.0)(headers::TRACEPARENT)
+            .and_then(crate::propagation::from_traceparent)
+            .and_then(|span| crate::propagation::to_traceparent(&span))
+    }
+}
+
 /// Header names of an event message. The envelope follows the CloudEvents
 /// NATS protocol binding in binary mode: `ce-*` attributes as headers, the
 /// protobuf event as the payload.
@@ -222,6 +306,39 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         nats: NatsArgs,
+    }
+
+    #[test]
+    fn what_the_envelope_writes_is_what_it_reads_back() {
+        let envelope = Envelope {
+            event_id: "e-1",
+            source: "write-service",
+            event_type: "bank.v1.FundsDeposited",
+            time: "2026-11-25T10:00:00.5Z",
+            account_id: "acc-1",
+            version: 2,
+            balance: 30,
+            command_id: Some("cmd-1"),
+        };
+        let written = envelope.headers();
+        let read = StoredEnvelope::of(&written);
+        assert_eq!(read.event_type(), Some("bank.v1.FundsDeposited"));
+        assert_eq!((read.account_id(), read.version(), read.balance()), (Ok("acc-1"), Ok(2), Some(Ok(30))));
+        assert_eq!(read.occurred_at_us(), Ok(1_795_600_800_500_000));
+        assert_eq!((read.command_id(), read.traceparent()), (Some("cmd-1"), None));
+    }
+
+    #[test]
+    fn a_malformed_header_is_named() {
+        let headers = |pairs: &'static [(&'static str, &'static str)]| {
+            StoredEnvelope::new(move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
+        };
+        assert_eq!(headers(&[]).version().unwrap_err().problem, "missing");
+        assert_eq!(headers(&[("ce-aggregateversion", "0")]).version().unwrap_err().name, "ce-aggregateversion");
+        assert_eq!(headers(&[("ce-time", "yesterday")]).occurred_at_us().unwrap_err().name, "ce-time");
+        assert!(headers(&[("ce-accountbalance", "x")]).balance().is_some_and(|b| b.is_err()));
+        assert_eq!(headers(&[]).balance(), None);
+        assert_eq!(headers(&[("traceparent", "00-3-32-01")]).traceparent(), None);
     }
 
     #[test]

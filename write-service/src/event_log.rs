@@ -23,7 +23,7 @@ use opentelemetry::{
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
 use shared::{
-    event_log::{Envelope, EventLogArgs, headers},
+    event_log::{Envelope, EnvelopeError, EventLogArgs, StoredEnvelope},
     events::AccountEvent,
     grpc_telemetry::CQRS_SIDE,
     propagation,
@@ -355,19 +355,19 @@ impl EventLog {
                 }
             }
         };
-        let Some(balance) = header(&last.headers, headers::ACCOUNT_BALANCE) else {
+        let envelope = StoredEnvelope::of(&last.headers);
+        let Some(balance) = envelope.balance() else {
             return self.load_history(id).await;
         };
         let position = last.sequence;
-        let unreadable = |reason: &str| EventLogError::Unreadable { position, reason: reason.to_owned() };
-        let version = header(&last.headers, headers::AGGREGATE_VERSION)
-            .and_then(|version| version.parse().ok())
-            .ok_or_else(|| unreadable("no aggregate version"))?;
-        let balance = balance.parse().map_err(|_| unreadable("the balance is not an integer"))?;
-        let closed = header(&last.headers, headers::TYPE) == Some(AccountEvent::Closed.type_name());
+        let unreadable = |error: EnvelopeError| EventLogError::Unreadable { position, reason: error.to_string() };
+        let version = envelope.version().map_err(unreadable)?;
+        let balance = balance.map_err(unreadable)?;
+        let closed = envelope.event_type() == Some(AccountEvent::Closed.type_name());
         let account =
             Account { version, balance, status: if closed { AccountStatus::Closed } else { AccountStatus::Open } };
-        let commands = header(&last.headers, headers::COMMAND_ID)
+        let commands = envelope
+            .command_id()
             .map(|command_id| RecordedCommand { command_id: command_id.to_owned(), version, position })
             .into_iter()
             .collect();
@@ -563,9 +563,9 @@ impl EventLog {
             .within_timeout(self.stream.direct_get(position))
             .await?
             .map_err(|e| failed("read the event at a position", e))?;
-        header(&message.headers, headers::AGGREGATE_VERSION)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| EventLogError::Unreadable { position, reason: "no aggregate version header".into() })
+        StoredEnvelope::of(&message.headers)
+            .version()
+            .map_err(|error| EventLogError::Unreadable { position, reason: error.to_string() })
     }
 
     async fn within_timeout<T>(&self, future: impl Future<Output = T>) -> Result<T, EventLogError> {
@@ -584,11 +584,12 @@ struct Replay {
 
 impl Replay {
     fn fold(&mut self, message_headers: &HeaderMap, payload: &[u8], position: u64) -> Result<(), EventLogError> {
-        let event = AccountEvent::decode(header(message_headers, headers::TYPE), &self.account_id, payload)
+        let envelope = StoredEnvelope::of(message_headers);
+        let event = AccountEvent::decode(envelope.event_type(), &self.account_id, payload)
             .map_err(|e| EventLogError::Unreadable { position, reason: e.to_string() })?;
         self.loaded.account.apply(&event);
         self.loaded.position = position;
-        if let Some(command_id) = header(message_headers, headers::COMMAND_ID) {
+        if let Some(command_id) = envelope.command_id() {
             if self.commands.len() == RECENT_COMMANDS {
                 self.commands.pop_front();
             }

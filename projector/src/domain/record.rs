@@ -1,8 +1,10 @@
 //! An event as the projector reads it from the log: the envelope's facts
 //! (position, account, version, time) and the decoded domain event.
 
-use shared::{event_log::headers, events::AccountEvent, propagation};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use shared::{
+    event_log::{EnvelopeError, StoredEnvelope},
+    events::AccountEvent,
+};
 
 /// One event from the log, decoded and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +32,11 @@ pub enum RecordError {
     #[error("subject {0:?} is not an account subject")]
     Subject(String),
     /// A header the envelope requires is missing or malformed.
-    #[error("header {name}: {problem}")]
-    Header { name: &'static str, problem: String },
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The envelope's account is not the subject's.
+    #[error("header ce-subject does not match the subject's account {0:?}")]
+    OtherAccount(String),
     /// The payload is not the event its type says.
     #[error(transparent)]
     Decode(#[from] shared::events::DecodeError),
@@ -57,25 +62,14 @@ impl EventRecord {
     ) -> Result<Self, RecordError> {
         let account_id =
             account_of_subject(subject, subject_prefix).ok_or_else(|| RecordError::Subject(subject.to_owned()))?;
-        let required = |name: &'static str| header(name).ok_or(RecordError::Header { name, problem: "missing".into() });
-        if required(headers::SUBJECT)? != account_id {
-            return Err(RecordError::Header {
-                name: headers::SUBJECT,
-                problem: format!("does not match the subject's account {account_id:?}"),
-            });
+        let envelope = StoredEnvelope::new(header);
+        if envelope.account_id()? != account_id {
+            return Err(RecordError::OtherAccount(account_id.to_owned()));
         }
-        let version = required(headers::AGGREGATE_VERSION)?.parse::<u64>().ok().filter(|v| *v > 0).ok_or(
-            RecordError::Header { name: headers::AGGREGATE_VERSION, problem: "not a positive integer".into() },
-        )?;
-        let time = required(headers::TIME)?;
-        let occurred_at = OffsetDateTime::parse(time, &Rfc3339)
-            .map_err(|e| RecordError::Header { name: headers::TIME, problem: e.to_string() })?;
-        let occurred_at_us = i64::try_from(occurred_at.unix_timestamp_nanos() / 1_000)
-            .map_err(|_| RecordError::Header { name: headers::TIME, problem: "out of range".into() })?;
-        let event = AccountEvent::decode(header(headers::TYPE), account_id, payload)?;
-        let command_trace = header(headers::TRACEPARENT)
-            .and_then(propagation::from_traceparent)
-            .and_then(|span| propagation::to_traceparent(&span));
+        let version = envelope.version()?;
+        let occurred_at_us = envelope.occurred_at_us()?;
+        let event = AccountEvent::decode(envelope.event_type(), account_id, payload)?;
+        let command_trace = envelope.traceparent();
         Ok(Self { position, account_id: account_id.to_owned(), version, occurred_at_us, command_trace, event })
     }
 }
@@ -135,7 +129,7 @@ mod tests {
             let mut headers = valid();
             headers.remove(missing);
             assert!(
-                matches!(read(&headers, "bank.account.acc-1"), Err(RecordError::Header { name, .. }) if name == missing)
+                matches!(read(&headers, "bank.account.acc-1"), Err(RecordError::Envelope(EnvelopeError { name, .. })) if name == missing)
             );
         }
         let mut headers = valid();
