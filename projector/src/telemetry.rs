@@ -411,14 +411,14 @@ impl EventSpans {
         self.replayed.iter().any(|(p, replayed)| *p == projection && *replayed)
     }
 
-    /// The context of `projection`'s span, if it is sampled: what the row
-    /// it writes records as its provenance.
+    /// The context of `projection`'s span, if it is sampled and exported:
+    /// what the row it writes records as its provenance.
     pub fn context(&self, projection: Projection) -> Option<&SpanContext> {
         self.spans
             .iter()
             .find(|(p, _)| *p == projection)
             .map(|(_, span)| span.span_context())
-            .filter(|context| context.is_sampled())
+            .filter(|context| context.is_sampled() && shared::telemetry::spans_exported())
     }
 }
 
@@ -428,6 +428,9 @@ impl Drop for EventSpans {
             return;
         }
         for (_, span) in &mut self.spans {
+            // Not what happened to the event: its retry will say that.
+            span.set_attribute(KeyValue::new("cqrs.projection.status", "not_committed"));
+            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, "not_committed"));
             span.set_status(SpanStatus::error("the batch did not commit; it is retried"));
             span.end();
         }

@@ -60,6 +60,16 @@ pub struct TelemetryGuard {
     meter_provider: Option<SdkMeterProvider>,
 }
 
+/// Whether this process exports its spans (set by [`init`]).
+static SPANS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans leave this process: only then is a span's context worth
+/// recording anywhere (a read-model row's provenance, a broker trace).
+/// Without an exporter spans still get ids, which point nowhere.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs logging, tracing and metrics for the binary `service_name`
 /// (the default `service.name` unless `OTEL_SERVICE_NAME` says otherwise).
 pub fn init(service_name: &'static str, service_version: &'static str) -> Result<TelemetryGuard, TelemetryError> {
@@ -85,6 +95,7 @@ pub fn init(service_name: &'static str, service_version: &'static str) -> Result
         .with_sampler(FollowLinkedTrace(trace::Config::default().sampler))
         .with_resource(resource.clone());
     let tracer_provider = if traces_exported()? {
+        SPANS_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
         let span_exporter =
             opentelemetry_otlp::SpanExporter::builder().with_tonic().with_retry_policy(retries.clone()).build()?;
         tracer_provider.with_batch_exporter(span_exporter).build()

@@ -2,7 +2,7 @@
 //! for a sampled fraction of the appends whose PRODUCER span is sampled,
 //! the append asks nats-server (2.11+ message tracing) to report what it
 //! did with the message, by a `Nats-Trace-Dest` header naming this
-//! process's own inbox. Every server the message passes reports once,
+//! process's own report subject. Every server the message passes reports once,
 //! there, with timestamped events (ingress, subject mapping, JetStream
 //! storage, egress); each report becomes one `nats.server <name>` span,
 //! a child of the PRODUCER span, with the events as span events.
@@ -16,8 +16,11 @@
 //! A server refuses a message whose `Nats-Trace-Dest` its publisher may
 //! not publish to — the append itself, not just the trace. So the reports
 //! go to a subject of the event log's prefix (`<prefix>.trace.<id>`, which
-//! deploy/'s write-service user may use), and tracing starts only after a
-//! trace-only probe (`Nats-Trace-Only`: never stored) came back.
+//! deploy/'s write-service user may use, and the event stream does not
+//! capture), and tracing starts only after a trace-only probe
+//! (`Nats-Trace-Only`) sent to that subject came back as a report. Sent
+//! there, a probe a server does not understand (before 2.11) reaches only
+//! this process, never the event log.
 
 use std::time::{Duration, SystemTime};
 
@@ -44,7 +47,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Which appends ask for the broker's report, and where it goes.
 #[derive(Debug, Clone)]
 pub struct BrokerTracing {
-    /// This process's inbox for the reports.
+    /// This process's subject for the reports.
     dest: String,
     /// Of the sampled appends, those whose trace id falls below this
     /// threshold (as the trace-id ratio sampler draws).
@@ -52,10 +55,11 @@ pub struct BrokerTracing {
 }
 
 impl BrokerTracing {
-    /// If `ratio` > 0 and the servers report (nats-server 2.11+, and the
-    /// NATS user may use `<prefix>.trace.*`): subscribes to this process's
-    /// report subject and turns the reports into spans in the background
-    /// (the task ends with the connection). Else `None`, saying why.
+    /// If `ratio` > 0, spans are exported and the servers report
+    /// (nats-server 2.11+, and the NATS user may use `<prefix>.trace.*`):
+    /// subscribes to this process's report subject and turns the reports
+    /// into spans in the background (the task ends with the connection).
+    /// Else `None`, saying why.
     pub async fn start(
         client: &async_nats::Client,
         names: &EventLogArgs,
@@ -64,16 +68,24 @@ impl BrokerTracing {
         if ratio <= 0.0 {
             return Ok(None);
         }
+        if !shared::telemetry::spans_exported() {
+            tracing::info!("BROKER_TRACE_RATIO is set but spans are not exported: broker tracing is off");
+            return Ok(None);
+        }
         let dest = format!("{}.trace.{}", names.subject_prefix, uuid::Uuid::new_v4().simple());
         let mut reports = client.subscribe(dest.clone()).await.map_err(|e| failed("subscribe to broker traces", e))?;
         let mut probe = async_nats::HeaderMap::new();
         probe.insert(TRACE_DEST, dest.as_str());
         probe.insert(TRACE_ONLY, "true");
         client
-            .publish_with_headers(names.account_subject("broker-trace-probe"), probe, bytes::Bytes::new())
+            .publish_with_headers(dest.clone(), probe, bytes::Bytes::new())
             .await
             .map_err(|e| failed("probe broker tracing", e))?;
-        if !matches!(tokio::time::timeout(PROBE_TIMEOUT, reports.next()).await, Ok(Some(_))) {
+        // A server that ignores the headers delivers the probe itself.
+        let reported = tokio::time::timeout(PROBE_TIMEOUT, reports.next())
+            .await
+            .is_ok_and(|report| report.is_some_and(|report| is_report(&report.payload)));
+        if !reported {
             tracing::warn!(
                 subject = %dest,
                 "BROKER_TRACE_RATIO is set but the NATS servers did not report a trace-only probe (nats-server \
@@ -96,19 +108,28 @@ impl BrokerTracing {
     /// Where the servers should report on an append whose PRODUCER span
     /// is `producer`: `None` unless it is sampled and drawn.
     pub fn dest_for(&self, producer: &SpanContext) -> Option<&str> {
-        let drawn = producer.is_sampled() && low_half(producer) < self.threshold;
+        let drawn = producer.is_sampled() && high_half(producer) < self.threshold;
         drawn.then_some(self.dest.as_str())
     }
+}
+
+/// Whether `payload` is a server's trace report.
+fn is_report(payload: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(payload)
+        .is_ok_and(|report| report["server"].is_object() && report["events"].is_array())
 }
 
 fn threshold(ratio: f64) -> u64 {
     if ratio >= 1.0 { u64::MAX } else { (ratio * u64::MAX as f64) as u64 }
 }
 
-/// The trace id's low 64 bits: random in W3C trace ids.
-fn low_half(span: &SpanContext) -> u64 {
+/// The trace id's high 64 bits. Not the low ones: the SDK's trace-id
+/// ratio sampler draws from those, and drawing from the same bits would
+/// make the two ratios overlap (sampler 0.1 with broker ratio 0.1 would
+/// trace every sampled append, not a tenth).
+fn high_half(span: &SpanContext) -> u64 {
     let bytes = span.trace_id().to_bytes();
-    u64::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]])
+    u64::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
 }
 
 /// One server's report on one traced message.
@@ -128,7 +149,7 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// `ingress`, `subject_mapping`, `stream_export`, `service_import`,
-    /// `jetstream` or `egress`.
+    /// `jetstream.stored` or `egress`.
     pub name: &'static str,
     pub at: SystemTime,
     pub attributes: Vec<KeyValue>,
@@ -283,6 +304,13 @@ mod tests {
     }
 
     #[test]
+    fn only_a_servers_report_passes_the_probe() {
+        assert!(is_report(STORED.as_bytes()));
+        assert!(!is_report(b""), "the probe itself, from a server that ignored the headers");
+        assert!(!is_report(br#"{"events": []}"#));
+    }
+
+    #[test]
     fn a_report_without_a_producer_or_events_is_none() {
         assert_eq!(Report::parse(STORED.replace("traceparent", "other").as_bytes()), None);
         assert_eq!(Report::parse(STORED.replace("\"ts\"", "\"at\"").as_bytes()), None);
@@ -292,8 +320,8 @@ mod tests {
     #[test]
     fn only_sampled_appends_are_drawn_by_ratio() {
         let tracing = |ratio| BrokerTracing { dest: "bank.trace.x".into(), threshold: threshold(ratio) };
-        let low = sampled("4bf92f3577b34da60000000000000001");
-        let high = sampled("4bf92f3577b34da6ffffffffffffff00");
+        let low = sampled("00000000000000014bf92f3577b34da6");
+        let high = sampled("ffffffffffffff004bf92f3577b34da6");
         assert_eq!(tracing(1.0).dest_for(&high), Some("bank.trace.x"));
         assert_eq!(tracing(0.5).dest_for(&low), Some("bank.trace.x"));
         assert_eq!(tracing(0.5).dest_for(&high), None);
