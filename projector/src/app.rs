@@ -158,8 +158,9 @@ impl Projector {
 
     /// Applies `messages` (in log order) to `projections` in one
     /// transaction. Every event moves the owned partitions' checkpoints;
-    /// only those of their accounts change rows. Telemetry is recorded
-    /// after the commit.
+    /// only those of their accounts change rows. The events' spans start
+    /// before the writes (each row records the span that wrote it) and end,
+    /// with the metrics, after the commit.
     pub async fn apply(&self, messages: &[Delivered], projections: &[Projection]) -> Result<BatchReport, StoreError> {
         let started = std::time::SystemTime::now();
         let mut batch = self.store.begin(&self.partitions.owned, self.partitions.count).await?;

@@ -33,7 +33,7 @@ use serde_json::Value;
 use shared::{event_log::EventLogArgs, grpc_telemetry::CQRS_SIDE, propagation};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::event_log::{EventLogError, failed};
+use crate::event_log::{EventLog, EventLogError, failed};
 
 /// The header that asks the servers for a report, and where to send it.
 pub const TRACE_DEST: &str = "Nats-Trace-Dest";
@@ -63,6 +63,7 @@ impl BrokerTracing {
     pub async fn start(
         client: &async_nats::Client,
         names: &EventLogArgs,
+        log: &EventLog,
         ratio: f64,
     ) -> Result<Option<Self>, EventLogError> {
         if ratio <= 0.0 {
@@ -73,6 +74,11 @@ impl BrokerTracing {
             return Ok(None);
         }
         let dest = format!("{}.trace.{}", names.subject_prefix, uuid::Uuid::new_v4().simple());
+        if log.captures(&dest) {
+            // The reports would be kept in the event log forever.
+            tracing::warn!(subject = %dest, "the event stream captures the broker trace reports: broker tracing is off");
+            return Ok(None);
+        }
         let mut reports = client.subscribe(dest.clone()).await.map_err(|e| failed("subscribe to broker traces", e))?;
         let mut probe = async_nats::HeaderMap::new();
         probe.insert(TRACE_DEST, dest.as_str());

@@ -313,6 +313,12 @@ impl EventLog {
         self
     }
 
+    /// Whether the event stream captures `subject` (an existing stream may
+    /// capture more than the account subjects: `<prefix>.>`, `>`).
+    pub fn captures(&self, subject: &str) -> bool {
+        self.stream.cached_info().config.subjects.iter().any(|pattern| subject_matches(pattern, subject))
+    }
+
     /// Whether the NATS connection is up right now.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
@@ -612,6 +618,21 @@ fn header<'a>(message_headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     message_headers.get(name).map(|value| value.as_str())
 }
 
+/// Whether the NATS subject `pattern` (`*` one token, `>` the rest)
+/// matches `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (token, Some(other)) if token == other => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 /// Whether nats-server `version` (`2.15.1`, `2.11.0-RC.1`) answers
 /// batched direct gets: 2.11 or later.
 fn supports_batched_direct_get(version: &str) -> bool {
@@ -642,6 +663,16 @@ pub fn error_type(error: &EventLogError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_match_as_nats_matches_them() {
+        assert!(subject_matches("bank.account.*", "bank.account.acc-1"));
+        assert!(!subject_matches("bank.account.*", "bank.trace.x"));
+        assert!(subject_matches("bank.>", "bank.trace.x"));
+        assert!(subject_matches(">", "bank.trace.x"));
+        assert!(!subject_matches("bank.account.*", "bank.account.a.b"));
+        assert!(!subject_matches("bank.account.acc-1", "bank.account"));
+    }
 
     #[test]
     fn an_existing_stream_must_match_the_settings_and_keep_every_event() {

@@ -121,8 +121,9 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
         EventLog::open(client.clone(), config.event_log.clone(), &settings, config.nats.request_timeout)
     })
     .await
-    .failing_appends_on(disconnects)
-    .tracing_the_broker(broker_tracing(&client, &config).await);
+    .failing_appends_on(disconnects);
+    let tracing = broker_tracing(&client, &config, &log).await;
+    let log = log.tracing_the_broker(tracing);
     let Some(accounts) = accounts.upgrade() else { return };
     let connected = log.is_connected();
     accounts.attach(log);
@@ -134,8 +135,8 @@ async fn connect_event_log(config: Config, accounts: Weak<Accounts>, reporter: H
 
 /// The broker tracing `config` asks for, if the servers can do it
 /// (without it, appends go on untraced).
-async fn broker_tracing(client: &async_nats::Client, config: &Config) -> Option<BrokerTracing> {
-    BrokerTracing::start(client, &config.event_log, config.broker_trace_ratio)
+async fn broker_tracing(client: &async_nats::Client, config: &Config, log: &EventLog) -> Option<BrokerTracing> {
+    BrokerTracing::start(client, &config.event_log, log, config.broker_trace_ratio)
         .await
         .inspect_err(|error| tracing::warn!(%error, "cannot trace the broker hop; appends go on without it"))
         .ok()
