@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
-    trace::{SpanContext, TraceContextExt},
+    trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -57,17 +57,16 @@ pub fn to_traceparent(span: &SpanContext) -> Option<String> {
 /// The span context a stored `traceparent` names; `None` if it is not a
 /// well-formed one.
 pub fn from_traceparent(traceparent: &str) -> Option<SpanContext> {
-    struct Stored<'a>(&'a str);
-    impl Extractor for Stored<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            (key == TRACEPARENT).then_some(self.0)
-        }
-        fn keys(&self) -> Vec<&str> {
-            vec![TRACEPARENT]
-        }
+    // Read per returned row (a history page holds up to 1,000): the fields
+    // are parsed directly, without a propagator and a `Context` each.
+    if !is_well_formed_traceparent(traceparent) {
+        return None;
     }
-    let cx = TraceContextPropagator::new().extract(&WellFormed(Stored(traceparent)));
-    let span = cx.span().span_context().clone();
+    let mut fields = traceparent.trim().split('-').skip(1);
+    let trace_id = TraceId::from_hex(fields.next()?).ok()?;
+    let span_id = SpanId::from_hex(fields.next()?).ok()?;
+    let flags = u8::from_str_radix(fields.next()?, 16).ok()?;
+    let span = SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, TraceState::default());
     span.is_valid().then_some(span)
 }
 
